@@ -1,0 +1,1 @@
+"""storm_jax.calm."""
