@@ -251,10 +251,11 @@ def _tier1(line: str) -> Answer:
         if value is not None:
             return value
     # A status word is only a status when no objective value is on the line.
-    if _STATUS_UNB_RE.search(line):
-        return UNBOUNDED
+    # "infeasible or unbounded" reads as infeasible, the benchmarks' label for both.
     if _STATUS_INF_RE.search(line):
         return INFEASIBLE
+    if _STATUS_UNB_RE.search(line):
+        return UNBOUNDED
     return None
 
 
