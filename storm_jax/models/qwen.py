@@ -1,0 +1,452 @@
+"""Pure-functional Qwen2/Qwen2.5 and Qwen3 (dense) decoder.
+
+`forward(params, tokens, cfg, ...) -> (logits, kv_cache)`: the params are a plain dict pytree, the KV cache is
+passed in and returned explicitly, nothing is hidden in objects. Layers are stacked on a leading `layers` axis
+and run under `lax.scan`, which keeps compile time flat in depth and lets remat wrap one layer body.
+
+Every parameter carries logical axis names (`param_logical_axes`) and activations are constrained with
+logical names through `storm_jax.parallel.constrain`, so the same code shards over any mesh.
+
+Conventions matching transformers' `Qwen2ForCausalLM` / `Qwen3ForCausalLM`:
+- RoPE is the non-interleaved "rotate half" form; YaRN / linear scaling as in `modeling_rope_utils`.
+- RMSNorm normalizes in fp32, casts back to the activation dtype, then multiplies by the weight.
+- Qwen3 applies RMSNorm over `head_dim` to q and k (QK-norm) before RoPE; Qwen2 has q/k/v biases instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from storm_jax.parallel.mesh import MeshRules, constrain
+
+Params = dict[str, Any]
+
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give no NaN
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture + numerics of a Qwen2/Qwen3 dense model. Frozen and hashable (a static jit argument)."""
+
+    model_type: str = "qwen3"  # "qwen3" (QK-norm, no bias) or "qwen2" (QKV bias, no QK-norm)
+    vocab_size: int = 151936
+    hidden_size: int = 1024
+    intermediate_size: int = 3072
+    num_layers: int = 28
+    num_heads: int = 16
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    rope_theta: float = 1_000_000.0
+    # RoPE scaling: "default", "linear" or "yarn" (Qwen3 long-context configs use yarn).
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_original_max_position: int = 0
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
+    rope_attention_factor: float | None = None
+    rope_truncate: bool = True
+    max_position_embeddings: int = 40960
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    dtype: str = "float32"  # compute dtype of matmuls; norms, softmax and logits stay fp32
+    param_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots | dots_no_batch
+
+    def __post_init__(self):
+        if self.model_type not in ("qwen2", "qwen3"):
+            raise ValueError(f"model_type {self.model_type!r} is not supported (expected 'qwen2' or 'qwen3')")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.rope_type not in ("default", "linear", "yarn"):
+            raise ValueError(f"rope_type {self.rope_type!r} is not supported (default, linear, yarn)")
+        if self.dtype not in _DTYPES or self.param_dtype not in _DTYPES:
+            raise ValueError(f"dtype/param_dtype must be one of {sorted(_DTYPES)}")
+        if self.remat not in _REMAT_POLICIES:
+            raise ValueError(f"remat {self.remat!r} is not one of {sorted(_REMAT_POLICIES)}")
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.model_type == "qwen2"
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.model_type == "qwen3"
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self):
+        return _DTYPES[self.param_dtype]
+
+    def replace(self, **kw) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+    def num_params(self) -> int:
+        """Parameter count from the config alone (no arrays)."""
+        return sum(int(np.prod(s)) for s in jax.tree.leaves(param_shapes(self)))
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training (forward + backward) FLOPs per token: 6 x matmul params + causal attention scores.
+
+        Matmul params exclude the embedding lookup but include the vocabulary projection (tied or not).
+        """
+        n = self.num_params()
+        if not self.tie_word_embeddings:
+            n -= self.vocab_size * self.hidden_size  # the untied input embedding is a gather, not a matmul
+        attn = 6.0 * self.num_layers * self.num_heads * self.head_dim * seq_len  # QK^T + PV, causal half, x3
+        return 6.0 * n + attn
+
+
+_REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parameters: shapes, logical axes, init
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+    """Shapes of every parameter (a pytree of tuples), the single source of the params layout."""
+    L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    H, K, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    layers = {
+        "attn_norm": (L, D),
+        "q": (L, D, H, hd),
+        "k": (L, D, K, hd),
+        "v": (L, D, K, hd),
+        "o": (L, H, hd, D),
+        "mlp_norm": (L, D),
+        "gate": (L, D, F),
+        "up": (L, D, F),
+        "down": (L, F, D),
+    }
+    if cfg.qkv_bias:
+        layers.update(q_bias=(L, H, hd), k_bias=(L, K, hd), v_bias=(L, K, hd))
+    if cfg.qk_norm:
+        layers.update(q_norm=(L, hd), k_norm=(L, hd))
+    shapes: Params = {"embed": (V, D), "layers": layers, "final_norm": (D,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (D, V)
+    return shapes
+
+
+_LOGICAL = {
+    "embed": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "final_norm": ("norm",),
+    "attn_norm": ("layers", "norm"),
+    "mlp_norm": ("layers", "norm"),
+    "q": ("layers", "embed", "heads", "head_dim"),
+    "k": ("layers", "embed", "kv_heads", "head_dim"),
+    "v": ("layers", "embed", "kv_heads", "head_dim"),
+    "o": ("layers", "heads", "head_dim", "embed"),
+    "q_bias": ("layers", "heads", "head_dim"),
+    "k_bias": ("layers", "kv_heads", "head_dim"),
+    "v_bias": ("layers", "kv_heads", "head_dim"),
+    "q_norm": ("layers", "head_dim"),
+    "k_norm": ("layers", "head_dim"),
+    "gate": ("layers", "embed", "mlp"),
+    "up": ("layers", "embed", "mlp"),
+    "down": ("layers", "mlp", "embed"),
+}
+
+
+def param_logical_axes(cfg: ModelConfig) -> Params:
+    """Logical axis names of every parameter, same structure as the params."""
+    shapes = param_shapes(cfg)
+    out: Params = {k: _LOGICAL[k] for k in shapes if k != "layers"}
+    out["layers"] = {k: _LOGICAL[k] for k in shapes["layers"]}
+    return out
+
+
+def abstract_params(cfg: ModelConfig) -> Params:
+    """ShapeDtypeStructs of the params (for AOT compilation and checkpoint restore targets)."""
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, cfg.weight_dtype),
+        param_shapes(cfg),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, std: float = 0.02) -> Params:
+    """Random init: normal(std) for matrices, ones for norms, zeros for biases."""
+    shapes = param_shapes(cfg)
+    flat, treedef = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    keys = jax.random.split(key, len(flat))
+    leaves = []
+    for (path, shape), k in zip(flat, keys):
+        name = path[-1].key
+        if name.endswith("norm"):
+            leaves.append(jnp.ones(shape, cfg.weight_dtype))
+        elif name.endswith("bias"):
+            leaves.append(jnp.zeros(shape, cfg.weight_dtype))
+        else:
+            leaves.append((std * jax.random.normal(k, shape, jnp.float32)).astype(cfg.weight_dtype))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KV cache
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Preallocated per-layer keys/values plus how many positions of each row are filled.
+
+    k, v: [layers, batch, max_len, kv_heads, head_dim]; lengths: [batch] int32. A forward call with T new tokens
+    writes them at positions lengths[b] .. lengths[b]+T-1 and advances lengths by the number of valid tokens.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    lengths: jax.Array
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+CACHE_LOGICAL_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    """An empty cache for `batch` rows of up to `max_len` positions."""
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    dtype = cfg.compute_dtype if dtype is None else dtype
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in fp32, result cast back to x's dtype before the weight (as transformers does)."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> tuple[np.ndarray, float]:
+    """Inverse frequencies [head_dim/2] and the cos/sin scale, for the configured RoPE scaling."""
+    dim = cfg.head_dim
+    pos_freqs = cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)
+    inv = (1.0 / pos_freqs).astype(np.float32)
+    if cfg.rope_type == "default":
+        return inv, 1.0
+    if cfg.rope_type == "linear":
+        return (inv / cfg.rope_factor).astype(np.float32), 1.0
+    # YaRN: blend interpolated and extrapolated frequencies across a ramp of dimensions.
+    factor = cfg.rope_factor
+    orig = cfg.rope_original_max_position or cfg.max_position_embeddings
+    attn_factor = cfg.rope_attention_factor
+    if attn_factor is None:
+        attn_factor = 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+
+    def corr_dim(rot: float) -> float:
+        return (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(cfg.rope_theta))
+
+    low, high = corr_dim(cfg.rope_beta_fast), corr_dim(cfg.rope_beta_slow)
+    if cfg.rope_truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    extrap = 1.0 - ramp
+    inv_interp = (1.0 / (factor * pos_freqs)).astype(np.float32)
+    inv_y = inv_interp * (1 - extrap) + inv * extrap
+    return inv_y.astype(np.float32), float(attn_factor)
+
+
+def rope_cos_sin(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [B, T, head_dim] in fp32 for integer positions [B, T]."""
+    inv, scale = rope_inv_freq(cfg)
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv)[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb) * scale, jnp.sin(emb) * scale
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [B, T, N, hd]; rotate-half RoPE computed in fp32."""
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def _attention(q, k, v, mask, cfg: ModelConfig):
+    """q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H,hd]. Softmax in fp32."""
+    B, T, H, hd = q.shape
+    K = k.shape[2]
+    qg = q.reshape(B, T, K, H // K, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(hd))
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(B, T, H, hd).astype(q.dtype)
+
+
+def _layer(x, lp, cos, sin, mask, cache_kv, write_pos, cfg: ModelConfig, mesh_rules):
+    """One decoder layer. cache_kv is None (no cache) or (k_cache, v_cache) [B,S,K,hd] for this layer."""
+    dt = cfg.compute_dtype
+    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("btd,dhk->bthk", h, lp["q"].astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", h, lp["k"].astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", h, lp["v"].astype(dt))
+    if cfg.qkv_bias:
+        q = q + lp["q_bias"].astype(dt)
+        k = k + lp["k_bias"].astype(dt)
+        v = v + lp["v_bias"].astype(dt)
+    if cfg.qk_norm:
+        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+    q = constrain(apply_rope(q, cos, sin), ("batch", "length", "act_heads", None), mesh_rules)
+    k = constrain(apply_rope(k, cos, sin), ("batch", "length", "act_kv_heads", None), mesh_rules)
+    v = constrain(v, ("batch", "length", "act_kv_heads", None), mesh_rules)
+
+    if cache_kv is None:
+        keys, values, new_cache = k, v, None
+    else:
+        kc, vc = cache_kv
+        B, T = write_pos.shape
+        b_idx = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+        # mode="drop": a write past the end of the cache is discarded instead of clobbering valid entries.
+        kc = kc.at[b_idx, write_pos].set(k.astype(kc.dtype), mode="drop")
+        vc = vc.at[b_idx, write_pos].set(v.astype(vc.dtype), mode="drop")
+        keys, values, new_cache = kc.astype(dt), vc.astype(dt), (kc, vc)
+
+    attn = _attention(q, keys, values, mask, cfg)
+    x = x + jnp.einsum("bthk,hkd->btd", attn, lp["o"].astype(dt))
+    x = constrain(x, ("batch", "length", "act_embed"), mesh_rules)
+
+    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps)
+    gate = jnp.einsum("btd,df->btf", h, lp["gate"].astype(dt))
+    up = jnp.einsum("btd,df->btf", h, lp["up"].astype(dt))
+    act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"), mesh_rules)
+    x = x + jnp.einsum("btf,fd->btd", act, lp["down"].astype(dt))
+    x = constrain(x, ("batch", "length", "act_embed"), mesh_rules)
+    return x, new_cache
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def forward(
+    params: Params,
+    tokens: jax.Array,
+    cfg: ModelConfig,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+    kv_cache: KVCache | None = None,
+    mesh_rules: MeshRules | None = None,
+    return_hidden: bool = False,
+) -> tuple[jax.Array, KVCache | None]:
+    """Logits [B, T, V] (fp32) for tokens [B, T], and the updated KV cache (None if none was given).
+
+    Without a cache: `segment_ids` [B, T] (0 = padding) restricts attention to the same document, which covers
+    packed sequences; `attention_mask` [B, T] (1 = token) is the padding-only special case, and left padding
+    gets positions from the mask's running count unless `positions` is given.
+
+    With a cache: the T new tokens are appended at each row's `lengths[b]` (rows may differ: continuous
+    batching). New tokens must be right-padded; `segment_ids`/`attention_mask` mark which are valid, and
+    only those advance `lengths`. Positions default to the cache index.
+
+    With `return_hidden`, returns the final-normed hidden states [B, T, D] instead of logits (so losses can
+    chunk the vocabulary projection).
+    """
+    B, T = tokens.shape
+    if attention_mask is not None and segment_ids is not None:
+        raise ValueError("pass either segment_ids or attention_mask, not both")
+    if attention_mask is not None:
+        segment_ids = attention_mask.astype(jnp.int32)
+
+    if kv_cache is None:
+        if positions is None:
+            if segment_ids is None:
+                positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+            else:
+                positions = jnp.maximum(jnp.cumsum(segment_ids != 0, axis=1) - 1, 0).astype(jnp.int32)
+        idx = jnp.arange(T)
+        mask = idx[None, :, None] >= idx[None, None, :]  # [1, T, T] causal
+        if segment_ids is not None:
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            mask = mask & same & (segment_ids[:, None, :] != 0)
+        mask = jnp.broadcast_to(mask, (B, T, T))
+        write_pos = None
+    else:
+        start = kv_cache.lengths.astype(jnp.int32)
+        write_pos = start[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+        if positions is None:
+            positions = write_pos
+        S = kv_cache.max_len
+        mask = jnp.arange(S, dtype=jnp.int32)[None, None, :] <= write_pos[:, :, None]  # [B, T, S]
+
+    cos, sin = rope_cos_sin(positions, cfg)
+    x = params["embed"][tokens].astype(cfg.compute_dtype)
+    x = constrain(x, ("batch", "length", "act_embed"), mesh_rules)
+
+    def body(carry, xs):
+        lp, ck, cv = xs
+        cache_kv = None if ck is None else (ck, cv)
+        y, new = _layer(carry, lp, cos, sin, mask, cache_kv, write_pos, cfg, mesh_rules)
+        return y, (None, None) if new is None else new
+
+    policy = _REMAT_POLICIES[cfg.remat]
+    if cfg.remat != "none":
+        body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+
+    if kv_cache is None:
+        x, _ = jax.lax.scan(lambda c, lp: body(c, (lp, None, None)), x, params["layers"])
+        new_cache = None
+    else:
+        x, (ks, vs) = jax.lax.scan(body, x, (params["layers"], kv_cache.k, kv_cache.v))
+        n_valid = T if segment_ids is None else jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)
+        new_cache = KVCache(ks, vs, kv_cache.lengths + n_valid)
+
+    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    if return_hidden:
+        return x, new_cache
+    return logits_from_hidden(params, x, cfg, mesh_rules), new_cache
+
+
+def logits_from_hidden(params: Params, h: jax.Array, cfg: ModelConfig, mesh_rules: MeshRules | None = None):
+    """Project final hidden states [..., D] to fp32 logits [..., V]."""
+    dt = cfg.compute_dtype
+    if cfg.tie_word_embeddings:
+        logits = jnp.einsum(
+            "...d,vd->...v", h, params["embed"].astype(dt), preferred_element_type=jnp.float32
+        )
+    else:
+        logits = jnp.einsum(
+            "...d,dv->...v", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32
+        )
+    if logits.ndim == 3:
+        logits = constrain(logits, ("batch", "length", "act_vocab"), mesh_rules)
+    return logits
