@@ -55,6 +55,10 @@ class ScoringConfig:
     match_status_exactly: bool = False
 
 
+#: The default tolerances (a frozen instance, safe as a default argument).
+DEFAULT_CONFIG = ScoringConfig()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Scalar rules on two floats
 # ---------------------------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ def is_correct(
     truth: float | None,
     truth_status: str | None = None,
     protocol: str = "storm",
-    config: ScoringConfig = ScoringConfig(),
+    config: ScoringConfig = DEFAULT_CONFIG,
 ) -> bool:
     """Whether `answer` matches the ground truth under `protocol` (see module docstring)."""
     rule = _NUMERIC_RULES[check_protocol(protocol)]
@@ -136,7 +140,7 @@ def storm_reward(
     answer: Answer,
     truth: float | None,
     truth_status: str | None = None,
-    config: ScoringConfig = ScoringConfig(),
+    config: ScoringConfig = DEFAULT_CONFIG,
 ) -> float:
     """The STORM outcome reward: 1.0 if the answer matches under the `storm` protocol, else 0.0."""
     return 1.0 if is_correct(answer, truth, truth_status, "storm", config) else 0.0
@@ -185,7 +189,7 @@ def correct_arrays(
     t_vals: np.ndarray,
     t_codes: np.ndarray,
     protocol: str = "storm",
-    config: ScoringConfig = ScoringConfig(),
+    config: ScoringConfig = DEFAULT_CONFIG,
 ) -> np.ndarray:
     """Element-wise `is_correct` over encoded arrays (see `encode_answers` / `encode_truths`)."""
     check_protocol(protocol)
@@ -217,7 +221,7 @@ def correct_batch(
     truths: Sequence[float | None],
     truth_statuses: Sequence[str | None],
     protocol: str = "storm",
-    config: ScoringConfig = ScoringConfig(),
+    config: ScoringConfig = DEFAULT_CONFIG,
 ) -> np.ndarray:
     """`is_correct` for a batch, vectorized: a bool array of len(answers)."""
     if len(answers) != len(truths):
@@ -231,7 +235,7 @@ def storm_rewards(
     answers: Sequence[Answer],
     truths: Sequence[float | None],
     truth_statuses: Sequence[str | None],
-    config: ScoringConfig = ScoringConfig(),
+    config: ScoringConfig = DEFAULT_CONFIG,
 ) -> np.ndarray:
     """STORM rewards for a batch (float32 0/1), e.g. a GRPO group."""
     return correct_batch(answers, truths, truth_statuses, "storm", config).astype(np.float32)
