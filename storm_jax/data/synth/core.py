@@ -245,11 +245,22 @@ def fmt(x: float) -> str:
 
 
 def fmt_answer(x: float | str) -> str:
-    """The final boxed answer: 'infeasible' or a number rounded to 4 decimals."""
+    """The final boxed answer: 'infeasible' or the number as printed (6 decimals at most)."""
     if isinstance(x, str):
         return x
-    r = round(x, 4)
-    return fmt(0.0 if r == 0 else r)
+    r = round(x, 6)
+    if r == 0 or float(r).is_integer():
+        return str(int(r))
+    return f"{r:.6f}".rstrip("0").rstrip(".")
+
+
+def plural(word: str) -> str:
+    """English plural of the simple nouns used in statements."""
+    if word.endswith("f"):
+        return word[:-1] + "ves"
+    if word.endswith(("ch", "sh", "s", "x")):
+        return word + "es"
+    return word + "s"
 
 
 def join(items: list[str], conj: str = "and") -> str:

@@ -12,6 +12,7 @@ from storm_jax.data.synth.core import (
     join,
     money,
     pick,
+    plural,
     py,
     shuffled,
 )
@@ -69,7 +70,7 @@ class Production(Family):
 
     def statement(self, p, rng):
         cur, unit = p["currency"], ("minutes" if p["minutes"] else "hours")
-        prods = [f"{x}s" for x in p["products"]]
+        prods = [plural(x) for x in p["products"]]
         intro = rng.choice(
             [
                 f"{p['company']} builds {join(prods)}.",
@@ -97,7 +98,7 @@ class Production(Family):
         )
         for prod, lo in zip(p["products"], p["min_units"]):
             if lo:
-                clauses.append(f"A contract requires at least {lo} {prod}s to be made.")
+                clauses.append(f"A contract requires at least {lo} {plural(prod)} to be made.")
         clauses = shuffled(rng, clauses)
         whole = (
             rng.choice(["Only whole items can be made.", "Items must be produced in whole numbers."])
