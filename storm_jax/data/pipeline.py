@@ -85,7 +85,7 @@ def local_batch_size(cfg: SFTDataConfig, process_count: int) -> int:
 def default_num_bins(local_batch: int) -> int:
     # Enough bins that a long document rarely forces out half-empty rows, few enough that a pack pass
     # (num_bins rows) stays small next to an epoch.
-    return max(2 * local_batch, 16)
+    return max(2 * local_batch, 32)
 
 
 def make_sft_dataset(
