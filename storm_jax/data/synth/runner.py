@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -143,10 +144,23 @@ class PoolRunner:
 
     def run(self, code: str) -> RunResult:
         r = self._pool.run(code, timeout_s=self.timeout_s)
-        return RunResult(r.status, r.stdout, r.stderr, r.answer)
+        return RunResult(r.status, r.stdout, _only_program_frames(r.stderr), r.answer)
 
     def map(self, codes: Sequence[str]) -> list[RunResult]:
-        return [RunResult(r.status, r.stdout, r.stderr, r.answer) for r in self._pool.map(list(codes))]
+        return [
+            RunResult(r.status, r.stdout, _only_program_frames(r.stderr), r.answer)
+            for r in self._pool.map(list(codes))
+        ]
+
+
+_FOREIGN_FRAME = re.compile(
+    r'^  File "(?!main\.py")[^"]*", line \d+, in [^\n]*\n(?:    [^\n]*\n)?', re.MULTILINE
+)
+
+
+def _only_program_frames(stderr: str) -> str:
+    """Drop traceback frames outside the program (sandbox internals, absolute paths of this machine)."""
+    return _FOREIGN_FRAME.sub("", stderr)
 
 
 def answers_match(a: float | str | None, b: float | str | None, rel: float = 1e-6) -> bool:
