@@ -410,3 +410,17 @@ def test_state_in_orbax_checkpoint(tok, fixture_file, tmp_path):
         resumed = make_sft_iterator(cfg, tok, process_index=0, process_count=1)
         mngr.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
     assert _same(_take(resumed, 4), expected)
+
+
+def test_sft_data_command_reports_packing(fixture_file, capsys, tmp_path):
+    from storm_jax.data.pipeline import main
+
+    assert main([fixture_file, "--seq-len", "192", "--batch-size", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows_read"] == report["examples"] == 40 and report["bad_rows"] == 0
+    # Batch 1: every packed row is emitted, so the efficiency is all positions over all rows.
+    assert report["rows"] == report["batches"] and report["loss_tokens_in_batches"] == report["loss_tokens"]
+    assert report["packing_efficiency"] == pytest.approx(report["tokens"] / (report["rows"] * 192))
+    bad = _write(tmp_path / "bad.jsonl", ["{"])
+    assert main([bad, "--seq-len", "64"]) == 1
+    assert f"{bad}:1: invalid JSON" in capsys.readouterr().err

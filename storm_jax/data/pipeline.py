@@ -17,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 from typing import TYPE_CHECKING, Literal
+
+import numpy as np
 
 from storm_jax.data.packing import pack_dataset, pad_document
 from storm_jax.data.sft import SFTStats, example_features, load_rows
@@ -135,3 +138,62 @@ def make_sft_iterator(
     """
     ds, _ = make_sft_dataset(cfg, tokenizer, process_index=process_index, process_count=process_count)
     return iter(ds)
+
+
+def measure_epoch(cfg: SFTDataConfig, tokenizer, *, process_index: int = 0, process_count: int = 1) -> dict:
+    """Stats of the load plus batches and packing efficiency (non-pad share) of one pass over the data."""
+    one_pass = dataclasses.replace(cfg, num_epochs=1)
+    ds, stats = make_sft_dataset(
+        one_pass, tokenizer, process_index=process_index, process_count=process_count
+    )
+    batches = nonpad = loss = 0
+    for b in ds:
+        batches += 1
+        nonpad += int(np.count_nonzero(b["segment_ids"]))
+        loss += int(b["loss_mask"].sum())
+    rows = batches * local_batch_size(cfg, process_count)
+    out = dataclasses.asdict(stats)
+    out.update(
+        batches=batches,
+        rows=rows,
+        packing_efficiency=nonpad / max(rows * cfg.seq_len, 1),
+        loss_tokens_in_batches=loss,
+    )
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`storm-jax sft-data PATH --seq-len N --batch-size B`: check a JSONL file and report its packing."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="storm-jax sft-data", description=main.__doc__)
+    p.add_argument("path", help="JSONL file or glob")
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-pack", action="store_true")
+    p.add_argument("--overlong", choices=("truncate", "drop"), default="truncate")
+    p.add_argument("--skip-bad-rows", action="store_true")
+    p.add_argument("--no-thinking", action="store_true")
+    p.add_argument(
+        "--tokenizer", default=None, help="checkpoint directory with tokenizer files (default: Qwen3)"
+    )
+    a = p.parse_args(argv)
+    from storm_jax.tokenizer import load_tokenizer
+
+    cfg = SFTDataConfig(
+        path=a.path,
+        seq_len=a.seq_len,
+        batch_size=a.batch_size,
+        pack=not a.no_pack,
+        overlong=a.overlong,
+        on_bad_row="skip" if a.skip_bad_rows else "raise",
+        enable_thinking=not a.no_thinking,
+    )
+    try:
+        report = measure_epoch(cfg, load_tokenizer(a.tokenizer))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"storm-jax sft-data: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
