@@ -12,8 +12,8 @@ Token-in/token-out. Trainers never re-tokenize rendered chat text; they build id
 Each segment (storm_jax.data.format.Segment) is tokenized on its own, so BPE merges never cross a segment
 boundary (nor the prompt/response boundary). That is what a rollout produces: the model's tokens stop at the
 closing code fence and the host appends the tokens of the output block separately. Tokenizing the rendered
-string as a whole can merge across those boundaries (e.g. "```" + "\\n```output" -> "```\\n" + "```output");
-the texts are identical, the ids may differ there. `encode_chat` (SFT rows) uses the same rule.
+string as a whole can merge across those boundaries (code "...```" + output "\\n```output..." forms the
+pre-token "```\\n"); the texts are identical, the ids differ there. `encode_chat` (SFT rows) uses the same rule.
 
 Generation prompt (what `encode_prompt` and the chat template append after the conversation):
     enable_thinking=True   <|im_start|>assistant\\n<think>\\n
@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import tempfile
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -395,20 +394,15 @@ def eos_ids(tok) -> list[int]:
     return ids
 
 
-_PLAIN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _plain_backend(tok):
-    """`tok`'s backend without added tokens: their text is encoded as ordinary bytes."""
-    plain = _PLAIN.get(tok)
-    if plain is None:
-        from tokenizers import Tokenizer
-
-        spec = json.loads(tok.backend_tokenizer.to_str())
-        spec["added_tokens"] = []
-        plain = Tokenizer.from_str(json.dumps(spec))
-        _PLAIN[tok] = plain
-    return plain
+def _encode_plain(backend, text: str) -> list[int]:
+    """Ids of `text` with added-token text treated as ordinary bytes (normalizer -> pre-tokenizer -> BPE)."""
+    if not any(t.content in text for t in backend.get_added_tokens_decoder().values()):
+        return backend.encode(text, add_special_tokens=False).ids  # same pipeline, nothing to avoid
+    normalized = backend.normalizer.normalize_str(text) if backend.normalizer is not None else text
+    ids: list[int] = []
+    for piece, _ in backend.pre_tokenizer.pre_tokenize_str(normalized):
+        ids += [t.id for t in backend.model.tokenize(piece)]
+    return ids
 
 
 def encode_text(tok, text: str, *, parse_special: bool = True) -> list[int]:
@@ -419,13 +413,13 @@ def encode_text(tok, text: str, *, parse_special: bool = True) -> list[int]:
     """
     if not text:
         return []
+    # Calling the backend directly keeps this fast and independent of the wrapper's split flag.
+    backend = tok.backend_tokenizer
+    if backend.encode_special_tokens:
+        backend.encode_special_tokens = False
     if parse_special:
-        # Calling the backend directly keeps this fast and independent of the wrapper's split flag.
-        backend = tok.backend_tokenizer
-        if backend.encode_special_tokens:
-            backend.encode_special_tokens = False
         return backend.encode(text, add_special_tokens=False).ids
-    return _plain_backend(tok).encode(text, add_special_tokens=False).ids
+    return _encode_plain(backend, text)
 
 
 def encode_segment(tok, segment: Segment) -> list[int]:
