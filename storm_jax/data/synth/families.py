@@ -107,15 +107,12 @@ class Arith(Family):
         return f
 
     def reasoning(self, p, f):
+        # deliberately terse: the model restates nothing the code already says (keeps trajectories ~150 tokens)
         if p["kind"] == "boxes":
-            return f"Let n be the whole number of {p['item']}. Maximize {p['v']} n subject to {p['w']} n <= {p['cap']}."
-        dom = "integers" if p["integer"] else ""
-        goal = "Maximize" if p["sense"] == "max" else "Minimize"
-        return (
-            f"Variables x, y >= 0 {dom}".rstrip()
-            + f". {goal} {f.expr({0: p['c'][0], 1: p['c'][1]})} subject to "
-            + ("; ".join(f.math_lines()) + ".")
-        )
+            return f"Let n be the whole number of {p['item']}; maximize {p['v']} n with {p['w']} n <= {p['cap']}."
+        dom = " integers" if p["integer"] else ""
+        goal = "maximize" if p["sense"] == "max" else "minimize"
+        return f"Let x, y >= 0{dom}; {goal} the objective under the {len(p['rows'])} constraints."
 
     def words(self, p):
         return ""
