@@ -1,0 +1,38 @@
+"""Default config: a tiny random Qwen3 trained on the bundled tiny SFT trajectories, on CPU, in minutes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import model_presets
+
+from storm_jax.config import base_config
+
+_RES = Path(__file__).resolve().parents[1] / "storm_jax" / "resources" / "tiny"
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.recipe = "sft"
+    c.workdir = "runs/tiny_cpu"
+    model_presets.apply_preset(c, "tiny", dtype="float32", param_dtype="float32", remat="none")
+    c.data.source = "jsonl"
+    c.data.path = str(_RES / "sft_train.jsonl")
+    c.data.eval_path = str(_RES / "sft_eval.jsonl") if (_RES / "sft_eval.jsonl").exists() else ""
+    c.data.seq_len = 512
+    c.data.batch_size = 4
+    c.data.pack = True
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    c.optim.lr = 3e-3  # a random tiny model needs a large lr to learn anything in ~100 steps
+    c.optim.warmup_steps = 10
+    c.optim.decay = "cosine"
+    c.optim.min_lr_ratio = 0.1
+    c.optim.weight_decay = 0.0
+    c.train.steps = 100
+    c.train.logprob_chunk = 128
+    c.train.log_every = 10
+    c.train.eval_every = 50
+    c.train.eval_batches = 2
+    c.checkpoint.save_every = 50
+    c.checkpoint.keep = 2
+    return c

@@ -1,0 +1,388 @@
+"""Training configs: the schema, loading `configs/*.py` files, absl-style overrides, validation, saving.
+
+A config file is a Python file with `get_config(arg: str | None = None) -> ml_collections.ConfigDict` (the
+ml_collections convention; `--config=configs/x.py:arg` passes `arg`). Recipe files start from
+`base_config()` so every run has the same key set; the loader then checks the result against that schema:
+unknown keys, wrong types and impossible mesh/batch sizes raise one `ConfigError` naming the key.
+
+Overrides follow absl's `config_flags` style: `--config.optim.lr=2e-5 --config.mesh.fsdp=4`; the string is
+parsed with the type of the field it replaces (bool: true/false/1/0; tuples/lists: Python literals).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from storm_jax.models.qwen import ModelConfig
+
+#: Where the repository's config files live (an editable install / source checkout).
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIGS_DIR / "tiny_cpu.py"
+
+LOSS_NORMS = ("token", "sequence")
+DECAYS = ("cosine", "linear", "constant")
+
+
+class ConfigError(ValueError):
+    """A config is invalid; the message names the key (and the file when known)."""
+
+
+def _model_fields() -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a training config may have, with defaults. Recipe files start from this."""
+    c = ml_collections.ConfigDict()
+    c.recipe = "sft"
+    c.workdir = "runs/default"  # checkpoints/, metrics.jsonl, tb/, config.json go here
+    c.seed = 0
+
+    # Architecture + numerics (ModelConfig fields). With init_from_hf the architecture comes from the
+    # checkpoint's config.json and only dtype / param_dtype / remat are taken from here.
+    c.model = ml_collections.ConfigDict(_model_fields())
+    c.model.rope_attention_factor = ml_collections.FieldReference(None, field_type=float)
+    c.init_from_hf = ""  # HF checkpoint directory to start from ("" = random init from c.model)
+    c.init_from_params = ""  # Orbax params checkpoint (storm-jax convert) to start from
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "jsonl"  # jsonl (storm_jax.data.pipeline) | synthetic (random tokens, benchmarks/tests)
+    c.data.path = ""
+    c.data.eval_path = ""  # held-out file for the periodic eval loss ("" = no eval)
+    c.data.tokenizer_path = ""  # checkpoint dir with tokenizer files ("" = built-in Qwen3 tokenizer)
+    c.data.seq_len = 1024
+    c.data.batch_size = 8  # global batch (sequences per optimizer step, all hosts together)
+    c.data.shuffle = True
+    c.data.pack = True
+    c.data.overlong = "drop"
+    c.data.on_bad_row = "error"
+    c.data.enable_thinking = True
+    c.data.num_epochs = 0  # 0 = repeat forever (train.steps bounds the run)
+
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # one size may be -1 (= the rest)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-5
+    c.optim.warmup_steps = 0
+    c.optim.decay = "cosine"  # cosine | linear | constant (after warmup, over train.steps)
+    c.optim.min_lr_ratio = 0.0  # final lr = lr * min_lr_ratio
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.clip_norm = 1.0  # global-norm clipping (0 = off)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 100
+    c.train.grad_accum = 1  # micro-batches per step (batch_size must divide)
+    c.train.loss_norm = "token"  # token: per token over the global batch | sequence: per document
+    c.train.logprob_chunk = 0  # time-chunk of the vocab projection in the loss (0 = whole sequence)
+    c.train.log_every = 10
+    c.train.eval_every = 0  # 0 = no periodic eval
+    c.train.eval_batches = 4
+    c.train.progress = True
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.save_every = 100
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+    return c
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_config_file(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Run a config file's `get_config([arg])`. `spec` is `path` or `path:arg`.
+
+    The file's directory is put on sys.path while it runs, so recipe files can `import model_presets`.
+    """
+    spec = str(spec)
+    path, arg = spec, None
+    if ":" in spec and not Path(spec).exists():
+        path, arg = spec.rsplit(":", 1)
+    p = Path(path)
+    if not p.is_file() and (CONFIGS_DIR / path).is_file():
+        p = CONFIGS_DIR / path
+    if not p.is_file():
+        raise ConfigError(f"config file {path!r} does not exist")
+    mod_name = f"_storm_config_{p.stem}"
+    loader = importlib.util.spec_from_file_location(mod_name, p)
+    module = importlib.util.module_from_spec(loader)
+    sys.path.insert(0, str(p.parent))
+    try:
+        loader.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(p.parent))
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{p}: has no get_config() function")
+    cfg = module.get_config(arg) if arg is not None else module.get_config()
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"{p}: get_config() returned {type(cfg).__name__}, expected ml_collections.ConfigDict"
+        )
+    return cfg
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+    """Parse an override string with the type of the field it replaces."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key}={text!r}: expected a bool (true/false)")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={text!r}: expected an int") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={text!r}: expected a float") from None
+    if isinstance(current, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return text
+        raise ConfigError(f"--config.{key}={text!r}: expected a {type(current).__name__} literal") from None
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """Apply `a.b=value` overrides (the part after `--config.`); unknown keys raise ConfigError."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected --config.<key>=<value>")
+        key, text = item.split("=", 1)
+        parts = key.split(".")
+        node = cfg
+        for i, part in enumerate(parts[:-1]):
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise ConfigError(f"--config.{key}: unknown key {'.'.join(parts[: i + 1])!r}")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise ConfigError(f"--config.{key}: unknown key {key!r}")
+        if isinstance(node[leaf], ml_collections.ConfigDict):
+            raise ConfigError(f"--config.{key}: is a section, set one of its keys")
+        value = _parse_value(key, text, node[leaf])
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"--config.{key}: {e}") from None
+    return cfg
+
+
+def parse_argv(argv: Sequence[str]) -> tuple[str | None, list[str], list[str]]:
+    """Split argv into (config file spec, config overrides, other args)."""
+    spec, overrides, rest = None, [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--config="):
+            spec = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(args):
+            spec = args[i + 1]
+            i += 1
+        elif a.startswith("--config."):
+            body = a[len("--config.") :]
+            if "=" not in body and i + 1 < len(args):
+                body = f"{body}={args[i + 1]}"
+                i += 1
+            overrides.append(body)
+        else:
+            rest.append(a)
+        i += 1
+    return spec, overrides, rest
+
+
+def load_config(
+    spec: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    num_devices: int | None = None,
+) -> ml_collections.ConfigDict:
+    """Load a config file (default: configs/tiny_cpu.py), apply overrides, validate, and lock it."""
+    cfg = load_config_file(spec if spec is not None else DEFAULT_CONFIG)
+    source = str(spec if spec is not None else DEFAULT_CONFIG)
+    check_schema(cfg, base_config(), source=source)
+    apply_overrides(cfg, overrides)
+    validate(cfg, num_devices=num_devices, source=source)
+    cfg.lock()
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_schema(
+    cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, *, source: str = "config"
+) -> None:
+    """Same keys as the schema, same value types (int accepted for float; None accepted where the default is None)."""
+
+    def walk(c, s, prefix):
+        for k in c.keys():
+            if k not in s:
+                raise ConfigError(f"{source}: unknown key {prefix + k!r}")
+        for k in s.keys():
+            if k not in c:
+                raise ConfigError(
+                    f"{source}: missing key {prefix + k!r} (start recipe files from base_config())"
+                )
+            cv, sv = c[k], s[k]
+            if isinstance(sv, ml_collections.ConfigDict):
+                if not isinstance(cv, ml_collections.ConfigDict):
+                    raise ConfigError(f"{source}: key {prefix + k!r} must be a section")
+                walk(cv, sv, prefix + k + ".")
+                continue
+            if sv is None or cv is None:
+                continue
+            ok = isinstance(cv, type(sv)) or (isinstance(sv, float) and isinstance(cv, int))
+            if isinstance(sv, int) and not isinstance(sv, bool) and isinstance(cv, bool):
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"{source}: key {prefix + k!r} = {cv!r} has type {type(cv).__name__}, "
+                    f"expected {type(sv).__name__}"
+                )
+
+    walk(cfg, schema, "")
+
+
+def mesh_sizes(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, int, int]:
+    """Resolve the mesh (one size may be -1) against a device count; raise ConfigError naming mesh.*."""
+    sizes = {k: int(cfg.mesh[k]) for k in ("data", "fsdp", "tensor")}
+    for k, v in sizes.items():
+        if v == 0 or v < -1:
+            raise ConfigError(f"mesh.{k}={v}: must be a positive size or -1")
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ConfigError(f"mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
+    known = 1
+    for v in sizes.values():
+        if v != -1:
+            known *= v
+    if free:
+        if num_devices % known:
+            raise ConfigError(f"mesh.{free[0]}=-1: {num_devices} devices are not divisible by {known}")
+        sizes[free[0]] = num_devices // known
+    elif known != num_devices:
+        raise ConfigError(
+            f"mesh: data*fsdp*tensor = {known} but {num_devices} devices are available ({sizes})"
+        )
+    return sizes["data"], sizes["fsdp"], sizes["tensor"]
+
+
+def validate(
+    cfg: ml_collections.ConfigDict, *, num_devices: int | None = None, source: str = "config"
+) -> None:
+    """Semantic checks; raise ConfigError naming the offending key."""
+
+    def fail(key: str, msg: str):
+        raise ConfigError(f"{source}: {key}: {msg}")
+
+    check_schema(cfg, base_config(), source=source)
+    if cfg.recipe not in ("sft",):
+        fail("recipe", f"{cfg.recipe!r} is not a known recipe (sft)")
+    try:
+        model_config(cfg)
+    except (ValueError, TypeError) as e:
+        fail("model", str(e))
+    if cfg.train.loss_norm not in LOSS_NORMS:
+        fail("train.loss_norm", f"{cfg.train.loss_norm!r} not in {LOSS_NORMS}")
+    if cfg.optim.decay not in DECAYS:
+        fail("optim.decay", f"{cfg.optim.decay!r} not in {DECAYS}")
+    if cfg.data.source not in ("jsonl", "synthetic"):
+        fail("data.source", f"{cfg.data.source!r} not in ('jsonl', 'synthetic')")
+    if cfg.data.source == "jsonl" and not cfg.data.path:
+        fail("data.path", "is empty (set a JSONL file, or data.source='synthetic')")
+    for key in ("train.steps", "train.grad_accum", "data.seq_len", "data.batch_size", "train.log_every",
+                "checkpoint.keep", "checkpoint.save_every"):  # fmt: skip
+        sec, name = key.split(".")
+        if int(cfg[sec][name]) < 1:
+            fail(key, f"must be >= 1, got {cfg[sec][name]}")
+    if cfg.optim.lr < 0 or cfg.optim.warmup_steps < 0 or cfg.optim.clip_norm < 0:
+        fail("optim", "lr, warmup_steps and clip_norm must be >= 0")
+    if cfg.optim.warmup_steps > cfg.train.steps:
+        fail("optim.warmup_steps", f"{cfg.optim.warmup_steps} > train.steps={cfg.train.steps}")
+    if cfg.data.batch_size % cfg.train.grad_accum:
+        fail(
+            "train.grad_accum",
+            f"{cfg.train.grad_accum} does not divide data.batch_size={cfg.data.batch_size}",
+        )
+    if cfg.train.logprob_chunk and cfg.data.seq_len % cfg.train.logprob_chunk:
+        fail(
+            "train.logprob_chunk",
+            f"{cfg.train.logprob_chunk} does not divide data.seq_len={cfg.data.seq_len}",
+        )
+    if num_devices is not None:
+        data, fsdp, _tensor = mesh_sizes(cfg, num_devices)
+        micro = cfg.data.batch_size // cfg.train.grad_accum
+        if micro % (data * fsdp):
+            fail(
+                "data.batch_size",
+                f"micro-batch {micro} (batch_size/grad_accum) is not divisible by data*fsdp={data * fsdp}",
+            )
+
+
+def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
+    """The ModelConfig described by cfg.model."""
+    fields = {k: cfg.model[k] for k in cfg.model.keys()}
+    return ModelConfig(**fields)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def save_config(cfg: ml_collections.ConfigDict, directory: str | os.PathLike) -> Path:
+    """Write the resolved config as `config.json` (reloadable with `config_from_json`)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "config.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def config_from_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Load a saved config.json back into a validated ConfigDict (tuples saved as lists are restored)."""
+    data = json.loads(Path(path).read_text())
+    cfg = base_config()
+
+    def fill(node, values, prefix):
+        for k, v in values.items():
+            if k not in node:
+                raise ConfigError(f"{path}: unknown key {prefix + k!r}")
+            if isinstance(node[k], ml_collections.ConfigDict):
+                fill(node[k], v, prefix + k + ".")
+            else:
+                if isinstance(node[k], tuple) and isinstance(v, list):
+                    v = tuple(v)
+                node[k] = v
+
+    fill(cfg, data, "")
+    validate(cfg, source=str(path))
+    return cfg

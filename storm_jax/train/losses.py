@@ -1,0 +1,76 @@
+"""Loss functions with the generic train-step contract `loss_fn(params, batch, model_cfg) -> (loss, aux)`.
+
+`aux["weight"]` (not differentiated) is how much this micro-batch counts: the step combines micro-batches as
+sum_i(weight_i * loss_i) / sum_i(weight_i). For the SFT token mean, loss_i is the mean NLL over the masked
+tokens of micro-batch i and weight_i its masked-token count, which gives exactly the per-token mean over the
+global batch however it is split into micro-batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from storm_jax.models.qwen import ModelConfig
+from storm_jax.parallel.mesh import MeshRules
+from storm_jax.train.logprobs import token_logprobs
+
+LossFn = Callable[[Any, dict, ModelConfig], tuple[jax.Array, dict]]
+
+
+def masked_token_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum(values*mask)/max(sum(mask),1), sum(mask))."""
+    m = mask.astype(jnp.float32)
+    n = jnp.sum(m)
+    return jnp.sum(values * m) / jnp.maximum(n, 1.0), n
+
+
+def masked_sequence_mean(
+    values: jax.Array, mask: jax.Array, segment_ids: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Mean over documents of each document's masked-token mean; documents = (row, segment id) pairs.
+
+    Returns (loss, number of documents with at least one masked token).
+    """
+    B, T = values.shape
+    m = mask.astype(jnp.float32) * (segment_ids != 0)
+    doc = (jnp.arange(B)[:, None] * T + segment_ids).reshape(-1)  # segment ids are < T+1 per row
+    sums = jax.ops.segment_sum((values * m).reshape(-1), doc, num_segments=B * (T + 1))
+    counts = jax.ops.segment_sum(m.reshape(-1), doc, num_segments=B * (T + 1))
+    has = counts > 0
+    per_doc = jnp.where(has, sums / jnp.maximum(counts, 1.0), 0.0)
+    n_docs = jnp.sum(has.astype(jnp.float32))
+    return jnp.sum(per_doc) / jnp.maximum(n_docs, 1.0), n_docs
+
+
+def make_sft_loss(
+    *, normalization: str = "token", chunk_size: int = 0, mesh_rules: MeshRules | None = None
+) -> LossFn:
+    """SFT loss: masked mean of -token_logprobs over batch["loss_mask"] (token or sequence normalization)."""
+    if normalization not in ("token", "sequence"):
+        raise ValueError(f"loss normalization {normalization!r}: expected 'token' or 'sequence'")
+
+    def loss_fn(params, batch, model_cfg: ModelConfig):
+        logp = token_logprobs(
+            params,
+            model_cfg,
+            batch["tokens"],
+            batch["targets"],
+            segment_ids=batch["segment_ids"],
+            positions=batch["positions"],
+            mesh_rules=mesh_rules,
+            chunk_size=chunk_size,
+        )
+        mask = batch["loss_mask"].astype(jnp.float32) * (batch["segment_ids"] != 0)
+        nll = -logp
+        tok_loss, n_tok = masked_token_mean(nll, mask)
+        if normalization == "token":
+            loss, weight = tok_loss, n_tok
+        else:
+            loss, weight = masked_sequence_mean(nll, mask, batch["segment_ids"])
+        return loss, {"weight": weight, "token_nll": tok_loss, "sum_loss_tokens": n_tok}
+
+    return loss_fn
