@@ -351,7 +351,11 @@ class ExecutionPool:
             {"code": job.code, "limits": limits}, t0 + limits["wall_s"] + self.config.hang_grace_s
         )
         if raw is None:  # the worker died or hung: replace it; the program gets the blame it can get
-            hung = worker.proc.poll() is None
+            try:
+                worker.proc.wait(1.0)  # EOF on its pipe: it is exiting
+                hung = False
+            except subprocess.TimeoutExpired:
+                hung = True
             self._replace(slot)
             return ExecutionResult(
                 status="timeout" if hung else "killed",

@@ -23,6 +23,7 @@ import ctypes
 import errno
 import gc
 import json
+import linecache
 import os
 import resource
 import select
@@ -32,6 +33,7 @@ import struct
 import sys
 import tempfile
 import time
+import traceback
 
 # --- wire protocol: 4-byte big-endian length + UTF-8 JSON -------------------------------------------------
 
@@ -162,6 +164,53 @@ def landlock_restrict(abi: int, write_dirs: list[str], read_dirs: list[str] | No
         os.close(ruleset)
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _capset(bits: int) -> None:
+    """Set effective = permitted = `bits` (capabilities 0..31), inheritable empty."""
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)(_CapData(bits, bits, 0), _CapData(0, 0, 0))
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+CAP_SETGID, CAP_SETUID = 6, 7
+PR_SET_KEEPCAPS = 8
+
+
+def become_uid(uid: int, fs_root: bool) -> None:
+    """Drop root: real/effective/saved uid and gid become `uid`, no capabilities are left.
+
+    With `fs_root`, the filesystem uid/gid stay 0 so the process can still read root-owned files (the
+    interpreter); only safe when Landlock confines which files it may read and write.
+    """
+    os.setgroups([])
+    if not fs_root:
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        return
+    _prctl(PR_SET_KEEPCAPS, 1)
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    _capset((1 << CAP_SETUID) | (1 << CAP_SETGID))
+    _libc.setfsgid(0)
+    _libc.setfsuid(0)
+    _capset(0)
+    _prctl(PR_SET_KEEPCAPS, 0)
+    if _libc.setfsuid(-1) != 0:  # reads back the current fsuid
+        raise OSError(errno.EPERM, "setfsuid(0) did not stick")
+
+
 class _SockFilter(ctypes.Structure):
     _fields_ = [
         ("code", ctypes.c_uint16),
@@ -253,17 +302,44 @@ pyo.SolverFactory("appsi_highs").solve(m)
 """
 
 
+_ETC_READABLE = (
+    "localtime",
+    "timezone",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "ssl",
+    "ca-certificates",
+    "hosts",
+    "host.conf",
+    "resolv.conf",
+    "protocols",
+    "services",
+    "mime.types",
+    "os-release",
+    "alternatives",
+    "locale.alias",
+    "fonts",
+    "matplotlibrc",
+)
+
+
 def _system_read_dirs() -> list[str]:
     """Directories a program may read: the OS, the interpreter and its packages — not the project tree,
     data or checkpoints."""
     import site
     import sysconfig
 
-    dirs = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev"]
+    dirs = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/proc", "/sys"]
+    # Not all of /etc (shadow, ssh host keys) and /dev (raw disks): only what programs and libc use.
+    dirs += [f"/etc/{n}" for n in _ETC_READABLE] + ["/dev/zero", "/dev/urandom", "/dev/random", "/dev/fd"]
     dirs += [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     dirs += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
     dirs += site.getsitepackages()
-    return sorted({os.path.realpath(d) for d in dirs if os.path.isdir(d)})
+    return sorted({os.path.realpath(d) for d in dirs if os.path.exists(d)})
 
 
 class Worker:
@@ -277,6 +353,7 @@ class Worker:
         self.isolation: dict = {"env": "scrubbed"}
         self.notes: list[str] = []
         self.uid: int | None = None
+        self.fs_root = False
         self.landlock = 0
         self.read_dirs: list[str] | None = None
 
@@ -289,8 +366,8 @@ class Worker:
             self.isolation["reaper"] = "none"
             self.notes.append(f"subreaper: {e}")
         self._setup_network()
-        self._setup_uid()
         self._setup_fs()
+        self._setup_uid()
         self._preload()
         self.isolation["kill"] = "uid" if self.uid is not None else "descendants"
 
@@ -333,27 +410,39 @@ class Worker:
 
     def _setup_uid(self) -> None:
         self.isolation["uid"] = "unchanged"
+        self.isolation["nproc"] = "rlimit" if os.geteuid() != 0 else "unenforced (root)"
         if not self.cfg["drop_uid"] or os.geteuid() != 0:
             return
         # A uid no other live worker on this host can have: derived from our pid (pids are unique).
         uid = self.cfg["uid_base"] + self.pid
+        # The interpreter may live where that uid cannot read (a pyenv under /root, a venv in a 0750
+        # home). When Landlock confines reads, keep the *filesystem* uid 0 — the process still runs, counts
+        # processes and sends signals as `uid` — else require that `uid` can read the interpreter.
+        fs_root = self.landlock > 0 and self.read_dirs is not None
+        import sysconfig
+
+        needed = [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
 
         def become() -> None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
+            become_uid(uid, fs_root)
+            for d in needed:
+                os.listdir(d)
 
         err = self._probe(become)
         if err is None:
             self.uid = uid
-            self.isolation["uid"] = f"dropped:{uid}"
+            self.fs_root = fs_root
+            self.isolation["uid"] = f"dropped:{uid}" + (" (fsuid 0 under landlock)" if fs_root else "")
+            self.isolation["nproc"] = "rlimit"
+            if self.isolation["signals"] == "none":
+                self.isolation["signals"] = "uid"
         else:
             self.notes.append(f"setuid({uid}): {err}")
 
     def _setup_fs(self) -> None:
         self.isolation["fs"] = "none"
         self.isolation["fs_read"] = "none"
-        self.isolation["signals"] = "uid" if self.uid is not None else "none"
+        self.isolation["signals"] = "none"
         if not self.cfg["restrict_fs"]:
             return
         abi = landlock_abi()
@@ -428,7 +517,10 @@ class Worker:
         lim = req["limits"]
         tmp = tempfile.mkdtemp(prefix="storm-exec-", dir=self.cfg["tmp_root"])
         if self.uid is not None:
-            os.chown(tmp, self.uid, self.uid)
+            if self.fs_root:  # files are created as fsuid 0; exec'd tools run as `uid`: both may write
+                os.chmod(tmp, 0o777)
+            else:
+                os.chown(tmp, self.uid, self.uid)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         st_r, st_w = os.pipe()
@@ -480,9 +572,7 @@ class Worker:
             if self.landlock:
                 landlock_restrict(self.landlock, [tmp], self.read_dirs)
             if self.uid is not None:
-                os.setgroups([])
-                os.setgid(self.uid)
-                os.setuid(self.uid)
+                become_uid(self.uid, self.fs_root)
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
             if os.getppid() != self.pid:  # the worker died before the line above
                 os._exit(_SETUP_FAILED)
@@ -704,9 +794,6 @@ def _descendants(root: int) -> list[int]:
 
 def _run_program(code: str) -> None:
     """Execute the program as __main__ in this (sandboxed) child and exit with its status."""
-    import linecache
-    import traceback
-
     rc = 0
     note = ""
     try:
