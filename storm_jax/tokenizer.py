@@ -29,12 +29,15 @@ import base64
 import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from storm_jax.data.format import Segment, split_segments
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------------
 # Vocabulary facts (Qwen3 tokenizer_config.json, added_tokens_decoder)
@@ -309,8 +312,12 @@ def build_tokenizer(*, rebuild: bool = False):
     """The built Qwen3 tokenizer as a `transformers.PreTrainedTokenizerFast` (from the cache)."""
     from transformers import PreTrainedTokenizerFast
 
-    path = built_tokenizer_file(rebuild=rebuild)
-    backend = _load_backend_file(str(path), path.stat().st_mtime_ns)
+    try:
+        path = built_tokenizer_file(rebuild=rebuild)
+        backend = _load_backend_file(str(path), path.stat().st_mtime_ns)
+    except OSError as e:  # e.g. a read-only home directory: build in memory, every time
+        log.warning("tokenizer cache unusable (%s); building in memory. Set STORM_CACHE_DIR to cache it.", e)
+        backend = build_backend()
     # The tokens are already in the backend: naming them here only marks them, it adds no new ids.
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,

@@ -263,6 +263,14 @@ def test_build_cache_is_created_atomically_and_rebuilt(tmp_path, monkeypatch):
     print(f"first build {first:.2f}s")
 
 
+def test_unwritable_cache_falls_back_to_memory(tok, tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")  # a file where the cache directory should be: mkdir fails
+    monkeypatch.setenv("STORM_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(T, "build_backend", lambda *a, **k: tok.backend_tokenizer)  # real build tested above
+    assert T.build_tokenizer().encode("x ≤ 3 优化") == tok.encode("x ≤ 3 优化")
+
+
 # ------------------------------------------------------------------------------------------------ chat
 
 
