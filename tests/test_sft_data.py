@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 import re
 from collections import Counter
 
@@ -19,6 +20,7 @@ from storm_jax.data.format import Segment
 from storm_jax.data.packing import packing_efficiency
 from storm_jax.data.pipeline import SFTDataConfig, make_sft_dataset, make_sft_iterator
 from storm_jax.data.sft import (
+    SFTRow,
     example_features,
     fit_length,
     load_rows,
@@ -424,3 +426,49 @@ def test_sft_data_command_reports_packing(fixture_file, capsys, tmp_path):
     bad = _write(tmp_path / "bad.jsonl", ["{"])
     assert main([bad, "--seq-len", "64"]) == 1
     assert f"{bad}:1: invalid JSON" in capsys.readouterr().err
+
+
+def _assert_chat_traj_parity(tok, chat: SFTRow, traj: SFTRow, enable_thinking: bool) -> None:
+    a = tokenize_row(chat, tok, enable_thinking=enable_thinking)
+    b = tokenize_row(traj, tok, enable_thinking=enable_thinking)
+    # The chat template adds "\n" (mask 0) after the last <|im_end|>; a trajectory response stops at it.
+    assert tok.decode([int(a.ids[-1])]) == "\n" and a.mask[-1] == 0
+    np.testing.assert_array_equal(a.ids[:-1], b.ids)
+    np.testing.assert_array_equal(a.mask[:-1], b.mask)
+
+
+@pytest.mark.parametrize("enable_thinking", [True, False])
+@pytest.mark.parametrize(
+    "first", ["<think>\nReason. ", "<think>\n\n</think>\n\nDirect. ", "<think>Odd block. ", "Plain. "]
+)
+def test_trajectory_and_chat_rows_agree(tok, enable_thinking, first):
+    """One conversation as a chat row and as a trajectory row gives the same ids and mask, think prefix
+    included (a prefix equal to the generation prompt's belongs to the prompt, another think block is the
+    model's)."""
+    messages = [{"role": "user", "content": "Min x s.t. x >= 3."}]
+    segs = [
+        Segment("text", first),
+        Segment("code", "```python\nprint(3)\n```"),
+        Segment("output", "\n```output\n3\n```\n"),
+    ]
+    segs.append(Segment("text", "\\boxed{3}"))
+    chat = parse_row(
+        {"messages": [*messages, {"role": "assistant", "content": "".join(s.text for s in segs)}]}
+    )
+    traj = parse_row({"messages": messages, "segments": [s.to_json() for s in segs]})
+    _assert_chat_traj_parity(tok, chat, traj, enable_thinking)
+    ex = tokenize_row(traj, tok, enable_thinking=enable_thinking)
+    text = tok.decode(list(ex.ids), skip_special_tokens=False)
+    assert text.count("<think>") == 1  # never a doubled think prefix
+
+
+_TINY = pathlib.Path(__file__).resolve().parents[1] / "storm_jax" / "resources" / "tiny" / "mixed"
+
+
+@pytest.mark.skipif(not (_TINY / "train.sft_traj.jsonl").is_file(), reason="tiny synthetic set not present")
+def test_tiny_synthetic_rows_chat_and_trajectory_agree(tok):
+    chat, _ = read_rows(_TINY / "train.sft_chat.jsonl")
+    traj, _ = read_rows(_TINY / "train.sft_traj.jsonl")
+    assert len(chat) == len(traj) > 0
+    for c, t in zip(chat, traj, strict=True):
+        _assert_chat_traj_parity(tok, c, t, True)

@@ -207,15 +207,44 @@ def _bad_row(stats: SFTStats, message: str, on_bad_row: OnBadRow) -> None:
 # Tokenizing
 
 
+def _trajectory_prompt_and_segments(
+    tokenizer, row: SFTRow, enable_thinking: bool
+) -> tuple[list[int], tuple[Segment, ...]]:
+    """Prompt ids and response segments of a trajectory row, with the think prefix where the template puts it.
+
+    A rollout's segments start after the generation prompt, which already ends with the think prefix
+    (`think_prefix(enable_thinking)`). Rows that spell the prefix out at the start of their first text
+    segment (as a chat content would) get it moved to the prompt, and a response that opens a different
+    think block gets no prefix - the same rule `encode_chat` applies, so both row formats of one
+    conversation give the same ids and mask.
+    """
+    from storm_jax.tokenizer import encode_prompt, encode_text, think_prefix
+
+    messages = list(row.messages)
+    segments = row.segments
+    prefix = think_prefix(enable_thinking)
+    first = segments[0]
+    if first.kind == "text" and first.text.startswith(prefix):
+        rest = first.text[len(prefix) :]
+        segments = ((Segment("text", rest),) if rest else ()) + segments[1:]
+    elif first.text.startswith("<think>"):
+        # The response writes its own think block: prompt = conversation + "<|im_start|>assistant\n".
+        head = encode_prompt(
+            tokenizer, messages, enable_thinking=enable_thinking, add_generation_prompt=False
+        )
+        return head + encode_text(tokenizer, "<|im_start|>assistant\n"), segments
+    return encode_prompt(tokenizer, messages, enable_thinking=enable_thinking), segments
+
+
 def tokenize_row(row: SFTRow, tokenizer, *, enable_thinking: bool = True) -> TokenizedExample:
     """Token ids and assistant-written flags of a row, through the project's chat template."""
-    from storm_jax.tokenizer import encode_assistant_segments, encode_chat, encode_prompt
+    from storm_jax.tokenizer import encode_assistant_segments, encode_chat
 
     if row.segments is None:
         ids, mask = encode_chat(tokenizer, list(row.messages), enable_thinking=enable_thinking)
     else:
-        prompt = encode_prompt(tokenizer, list(row.messages), enable_thinking=enable_thinking)
-        resp, resp_mask = encode_assistant_segments(tokenizer, row.segments, close_turn=True)
+        prompt, segments = _trajectory_prompt_and_segments(tokenizer, row, enable_thinking)
+        resp, resp_mask = encode_assistant_segments(tokenizer, segments, close_turn=True)
         ids, mask = prompt + resp, [0] * len(prompt) + resp_mask
     if len(ids) != len(mask):
         raise AssertionError(f"{row.source}: {len(ids)} ids but {len(mask)} mask entries")
