@@ -391,6 +391,15 @@ def test_process_sharding_disjoint_and_complete(tok, fixture_file):
         seen.append({tuple(b["tokens"][0][b["segment_ids"][0] > 0]) for b in batches})
     all_docs = {tuple(tokenize_row(r, tok).ids[:-1]) for r in rows}
     assert set().union(*seen) == all_docs and sum(len(s) for s in seen) == len(all_docs)
+    # Without an explicit layout the pipeline asks JAX (one process in tests).
+    default = _take(make_sft_iterator(dataclasses.replace(cfg, batch_size=1), tok), 3)
+    assert _same(
+        default,
+        _take(
+            make_sft_iterator(dataclasses.replace(cfg, batch_size=1), tok, process_index=0, process_count=1),
+            3,
+        ),
+    )
     with pytest.raises(ValueError, match="not divisible"):
         make_sft_iterator(
             SFTDataConfig(path=fixture_file, seq_len=192, batch_size=4), tok, process_index=0, process_count=3

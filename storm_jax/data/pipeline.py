@@ -116,7 +116,7 @@ def make_sft_dataset(
     ds = grain.MapDataset.source(examples)
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed)
-    # After shuffle: grain's shuffle draws a new permutation for every epoch index of the repeated dataset.
+    # Repeat after shuffle: the shuffle then sees epoch-k indices and draws a new permutation per epoch.
     ds = ds.repeat(cfg.num_epochs)
     ds = ds.map(example_features)
     # The data is in memory and the map is cheap: no reader threads (they would only contend for the GIL).
