@@ -20,6 +20,7 @@ import json
 import os
 import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,6 +197,8 @@ class _Worker:
         except OSError:
             pass
         self.proc.wait()
+        if self.info.get("tmp_base"):
+            shutil.rmtree(self.info["tmp_base"], ignore_errors=True)
         uid = self.info.get("uid")
         if uid is not None:
             for _ in range(100):

@@ -359,6 +359,9 @@ class Worker:
 
     # setup -----------------------------------------------------------------------------------------------
     def setup(self) -> None:
+        # Every temp dir of this worker lives here, so the pool can remove them even if we die.
+        self.tmp_base = tempfile.mkdtemp(prefix=f"storm-exec-w{self.pid}-", dir=self.cfg["tmp_root"])
+        os.chmod(self.tmp_base, 0o711)
         try:
             _prctl(PR_SET_CHILD_SUBREAPER, 1)
             self.isolation["reaper"] = "subreaper"
@@ -504,18 +507,20 @@ class Worker:
                 "notes": self.notes,
                 "preload_errors": self.preload_errors,
                 "threads": threads,
+                "tmp_base": self.tmp_base,
             },
         )
         while True:
             req = recv_msg(self.req_fd)
             if req is None:
+                self._rmtree(self.tmp_base)
                 return
             send_msg(self.resp_fd, self.execute(req))
 
     def execute(self, req: dict) -> dict:
         """Run one program; return the raw result (status classification without the answer)."""
         lim = req["limits"]
-        tmp = tempfile.mkdtemp(prefix="storm-exec-", dir=self.cfg["tmp_root"])
+        tmp = tempfile.mkdtemp(prefix="storm-exec-", dir=self.tmp_base)
         if self.uid is not None:
             if self.fs_root:  # files are created as fsuid 0; exec'd tools run as `uid`: both may write
                 os.chmod(tmp, 0o777)
