@@ -211,7 +211,10 @@ def _weight_map(path: str) -> dict[str, str]:
         return {k: os.path.join(path, v) for k, v in wm.items()}
     single = os.path.join(path, "model.safetensors")
     if os.path.exists(single):
-        return {k: single for k in SafetensorsFile(single).keys()}
+        try:
+            return {k: single for k in SafetensorsFile(single).keys()}
+        except SafetensorsError as e:
+            raise CheckpointError(str(e)) from None
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json found")
 
 
@@ -232,14 +235,16 @@ def load_hf_checkpoint(
     path: str,
     dtype: str = "float32",
     mesh_rules: MeshRules | None = None,
+    compute_dtype: str | None = None,
     **cfg_overrides: Any,
 ) -> tuple[ModelConfig, Params]:
     """Load an HF Qwen2/Qwen3 checkpoint directory as (cfg, params), params in `dtype`.
 
+    The compute dtype defaults to `dtype` (bf16 weights -> bf16 matmuls with fp32 norms/softmax/logits).
     With `mesh_rules`, each parameter lands directly in its sharding (each device reads only its slice).
     `cfg_overrides` set ModelConfig fields that are not in config.json (compute dtype, remat, ...).
     """
-    cfg = load_hf_config(path, param_dtype=dtype, **cfg_overrides)
+    cfg = load_hf_config(path, param_dtype=dtype, dtype=compute_dtype or dtype, **cfg_overrides)
     weight_map = _weight_map(path)
     files: dict[str, SafetensorsFile] = {}
 

@@ -1,0 +1,269 @@
+"""Parity of the pure-functional Qwen2/Qwen3 model with transformers' PyTorch implementation.
+
+Weights are random, created and saved by transformers, then loaded with `load_hf_checkpoint`, so the test also
+covers the checkpoint mapping. The reference is HF torch; nothing here is compared against our own numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from storm_jax.models.hf import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
+from storm_jax.models.qwen import forward, init_cache, param_logical_axes
+from storm_jax.parallel import MeshRules, make_mesh
+from storm_jax.parallel.mesh import tree_shardings
+
+# One compiled forward per (config, shape); eager scan would re-trace on every call.
+_fwd = jax.jit(forward, static_argnames=("cfg", "mesh_rules", "return_hidden"))
+
+# (name, model_type, vocab, hidden, heads, kv_heads, head_dim, tied, extra)
+CONFIGS = [
+    ("qwen3_gqa1_untied", "qwen3", 131, 48, 4, 4, 16, False, {}),
+    ("qwen3_gqa2_tied_hd", "qwen3", 257, 40, 4, 2, 24, True, {}),  # head_dim != hidden/heads
+    (
+        "qwen3_gqa4_yarn",
+        "qwen3",
+        97,
+        64,
+        8,
+        2,
+        8,
+        False,
+        {
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+            "max_position_embeddings": 64,
+        },
+    ),
+    ("qwen2_gqa4_tied", "qwen2", 203, 64, 4, 1, None, True, {}),
+    ("qwen2_gqa2_untied", "qwen2", 131, 48, 4, 2, None, False, {}),
+]
+
+
+def _make_hf(model_type, vocab, hidden, heads, kv, head_dim, tied, extra, seed=0):
+    torch.manual_seed(seed)
+    kw = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden + 8,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        tie_word_embeddings=tied,
+        rope_theta=10000.0,
+        **extra,
+    )
+    if model_type == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=head_dim, **kw))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**kw))
+    with (
+        torch.no_grad()
+    ):  # HF init leaves norms at 1 and biases at 0: perturb everything so each weight matters
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=CONFIGS, ids=[c[0] for c in CONFIGS])
+def hf_pair(request, tmp_path_factory):
+    _, *spec = request.param
+    model = _make_hf(*spec)
+    d = tmp_path_factory.mktemp(request.param[0])
+    model.save_pretrained(d)
+    cfg, params = load_hf_checkpoint(str(d))
+    return model, cfg, params, str(d)
+
+
+def _hf_logits(model, tokens, attention_mask=None):
+    with torch.no_grad():
+        kw = {} if attention_mask is None else {"attention_mask": torch.tensor(attention_mask)}
+        return model(torch.tensor(tokens), **kw).logits.float().numpy()
+
+
+def test_logits_match_hf_fp32(hf_pair):
+    model, cfg, params, _ = hf_pair
+    tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (3, 13))
+    ours, _ = _fwd(params, jnp.asarray(tokens), cfg=cfg)
+    np.testing.assert_allclose(np.asarray(ours), _hf_logits(model, tokens), atol=1e-4, rtol=0)
+
+
+def test_left_and_right_padding_match_hf(hf_pair):
+    model, cfg, params, _ = hf_pair
+    rng = np.random.RandomState(2)
+    tokens = rng.randint(0, cfg.vocab_size, (3, 12))
+    left = np.ones((3, 12), np.int64)
+    left[1, :5] = 0
+    left[2, :1] = 0
+    ours, _ = _fwd(params, jnp.asarray(tokens), cfg=cfg, attention_mask=jnp.asarray(left))
+    ref = _hf_logits(model, tokens, left)
+    valid = left.astype(bool)
+    np.testing.assert_allclose(np.asarray(ours)[valid], ref[valid], atol=1e-4, rtol=0)
+    right = left[:, ::-1].copy()
+    ours_r, _ = _fwd(params, jnp.asarray(tokens), cfg=cfg, attention_mask=jnp.asarray(right))
+    ref_r = _hf_logits(model, tokens, right)
+    valid = right.astype(bool)
+    np.testing.assert_allclose(np.asarray(ours_r)[valid], ref_r[valid], atol=1e-4, rtol=0)
+
+
+def test_packed_segments_equal_separate_documents(hf_pair):
+    """Three documents packed in one row give the logits HF gives for each document alone."""
+    model, cfg, params, _ = hf_pair
+    rng = np.random.RandomState(3)
+    lens = [5, 7, 3]
+    docs = [rng.randint(0, cfg.vocab_size, (n,)) for n in lens]
+    T = 18
+    tokens = np.zeros((1, T), np.int64)
+    seg = np.zeros((1, T), np.int32)
+    pos = np.zeros((1, T), np.int32)
+    o = 0
+    for i, d in enumerate(docs):
+        tokens[0, o : o + len(d)] = d
+        seg[0, o : o + len(d)] = i + 1
+        pos[0, o : o + len(d)] = np.arange(len(d))
+        o += len(d)
+    ours, _ = _fwd(
+        params, jnp.asarray(tokens), cfg=cfg, segment_ids=jnp.asarray(seg), positions=jnp.asarray(pos)
+    )
+    o = 0
+    for d in docs:
+        ref = _hf_logits(model, d[None])
+        np.testing.assert_allclose(np.asarray(ours)[0, o : o + len(d)], ref[0], atol=1e-4, rtol=0)
+        o += len(d)
+
+
+def test_kv_cache_decoding_equals_full_forward(hf_pair):
+    _, cfg, params, _ = hf_pair
+    rng = np.random.RandomState(4)
+    tokens = jnp.asarray(rng.randint(0, cfg.vocab_size, (2, 10)))
+    full, _ = _fwd(params, tokens, cfg=cfg)
+    cache = init_cache(cfg, 2, 16)
+    outs = []
+    logits, cache = _fwd(params, tokens[:, :4], cfg=cfg, kv_cache=cache)
+    outs.append(logits)
+    for t in range(4, 10):
+        logits, cache = _fwd(params, tokens[:, t : t + 1], cfg=cfg, kv_cache=cache)
+        outs.append(logits)
+    np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(full), atol=1e-5, rtol=0)
+    assert np.asarray(cache.lengths).tolist() == [10, 10]
+
+
+def test_kv_cache_rows_at_different_lengths(hf_pair):
+    """Continuous batching: rows of one cache hold sequences of different lengths, right-padded appends."""
+    _, cfg, params, _ = hf_pair
+    rng = np.random.RandomState(5)
+    a = rng.randint(0, cfg.vocab_size, (9,))
+    b = rng.randint(0, cfg.vocab_size, (4,))
+    cache = init_cache(cfg, 2, 16)
+    prompt = np.zeros((2, 6), np.int64)
+    prompt[0, :6] = a[:6]
+    prompt[1, :3] = b[:3]
+    seg = np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], np.int32)
+    _, cache = _fwd(params, jnp.asarray(prompt), cfg=cfg, kv_cache=cache, segment_ids=jnp.asarray(seg))
+    assert np.asarray(cache.lengths).tolist() == [6, 3]
+    step = np.array([[a[6]], [b[3]]])
+    logits, cache = _fwd(params, jnp.asarray(step), cfg=cfg, kv_cache=cache)
+    full_a, _ = _fwd(params, jnp.asarray(a[None, :7]), cfg=cfg)
+    full_b, _ = _fwd(params, jnp.asarray(b[None, :4]), cfg=cfg)
+    np.testing.assert_allclose(np.asarray(logits)[0, 0], np.asarray(full_a)[0, -1], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(logits)[1, 0], np.asarray(full_b)[0, -1], atol=1e-5, rtol=0)
+
+
+def test_bf16_compute_close_to_hf_fp32(hf_pair):
+    """bf16 matmuls with fp32 norms/softmax: stated tolerance 0.1 absolute on logits of magnitude ~1-3."""
+    model, cfg, params, d = hf_pair
+    cfg16, params16 = load_hf_checkpoint(d, dtype="bfloat16")
+    assert cfg16.dtype == "bfloat16"
+    tokens = np.random.RandomState(6).randint(0, cfg.vocab_size, (2, 9))
+    ours, _ = _fwd(params16, jnp.asarray(tokens), cfg=cfg16)
+    ref = _hf_logits(model, tokens)
+    err = np.abs(np.asarray(ours) - ref).max()
+    assert err < 0.1, err
+    assert np.asarray(ours).dtype == np.float32
+
+
+def test_roundtrip_save_then_transformers_load(hf_pair, tmp_path):
+    model, cfg, params, _ = hf_pair
+    out = tmp_path / "export"
+    save_hf_checkpoint(cfg, params, str(out), max_shard_bytes=30_000)  # force several shards + index
+    files = os.listdir(out)
+    assert "model.safetensors.index.json" in files and "config.json" in files
+    cls = Qwen3ForCausalLM if cfg.model_type == "qwen3" else Qwen2ForCausalLM
+    reloaded = cls.from_pretrained(str(out)).eval()
+    tokens = np.random.RandomState(7).randint(0, cfg.vocab_size, (2, 8))
+    np.testing.assert_array_equal(_hf_logits(reloaded, tokens), _hf_logits(model, tokens))
+    has_head = any(
+        "lm_head" in k for k in json.load(open(out / "model.safetensors.index.json"))["weight_map"]
+    )
+    assert has_head == (not cfg.tie_word_embeddings)
+
+
+def test_sharded_forward_equals_single_device(hf_pair):
+    _, cfg, params, d = hf_pair
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    tokens = jnp.asarray(np.random.RandomState(8).randint(0, cfg.vocab_size, (4, 8)))
+    ref, _ = _fwd(params, tokens, cfg=cfg)
+    mr = MeshRules(make_mesh(2, 2, 2))
+    _, sharded = load_hf_checkpoint(d, mesh_rules=mr)  # streamed straight into the sharding
+    shardings = tree_shardings(sharded, param_logical_axes(cfg), mr)
+    assert jax.tree.all(jax.tree.map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim), sharded, shardings))
+    fn = jax.jit(lambda p, t: forward(p, t, cfg, mesh_rules=mr)[0])
+    out = fn(sharded, jax.device_put(tokens, mr.sharding(("batch", "length"), tokens.shape)))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_unknown_model_type_is_one_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    with pytest.raises(CheckpointError, match=r"config\.json: model_type 'llama' is not supported"):
+        load_hf_checkpoint(str(tmp_path))
+
+
+def test_corrupt_safetensors_names_the_file(tmp_path):
+    model = _make_hf("qwen3", 64, 32, 4, 2, 8, True, {})
+    model.save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])  # truncated download
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated or corrupt"):
+        load_hf_checkpoint(str(tmp_path))
+    f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt safetensors header"):
+        load_hf_checkpoint(str(tmp_path))
+
+
+def test_missing_shard_and_missing_tensor(tmp_path):
+    model = _make_hf("qwen3", 64, 32, 4, 2, 8, False, {})
+    model.save_pretrained(tmp_path / "src")
+    cfg, params = load_hf_checkpoint(str(tmp_path / "src"))
+    save_hf_checkpoint(cfg, params, str(tmp_path), max_shard_bytes=30_000)
+    shards = sorted(p for p in os.listdir(tmp_path) if p.endswith(".safetensors"))
+    os.remove(tmp_path / shards[-1])
+    with pytest.raises(CheckpointError, match=rf"{shards[-1]}: shard listed in the index is missing"):
+        load_hf_checkpoint(str(tmp_path))
+    save_hf_checkpoint(cfg, params, str(tmp_path), max_shard_bytes=30_000)
+    index = json.load(open(tmp_path / "model.safetensors.index.json"))
+    del index["weight_map"]["model.norm.weight"]
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"tensor 'model.norm.weight' is missing"):
+        load_hf_checkpoint(str(tmp_path))
+
+
+def test_shape_mismatch_names_tensor(tmp_path):
+    model = _make_hf("qwen3", 64, 32, 4, 2, 8, False, {})
+    model.save_pretrained(tmp_path)
+    cfg = json.load(open(tmp_path / "config.json"))
+    cfg["intermediate_size"] += 4
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"mlp\.(gate|up|down)_proj\.weight' has shape"):
+        load_hf_checkpoint(str(tmp_path))
