@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("storm_jax.models.convert_cli", "convert an HF checkpoint directory <-> an Orbax params checkpoint"),
     "score": ("storm_jax.eval.score", "score a completions JSONL on the OR benchmarks (pass@1/pass@k/maj)"),
     "synth": ("storm_jax.data.synth.cli", "generate verified synthetic OR problems and gold trajectories"),
+    "sft-data": ("storm_jax.data.pipeline", "check an SFT JSONL: bad rows, token counts, packing efficiency"),
     "train": ("storm_jax.train.cli", "train: `train sft|grpo --config=configs/...`"),
     "export": ("storm_jax.train.export_cli", "export a training checkpoint as an HF checkpoint directory"),
     "pipeline": ("storm_jax.pipeline", "run the tiny end-to-end STORM recipe (SFT -> GRPO -> score)"),
