@@ -664,6 +664,11 @@ class MinCostFlow(Family):
         for b in d_names:  # every demand node reachable
             if not any(arc[1] == b for arc in arcs):
                 arcs.append([rng.choice(h_names), b, rng.randint(1, 12), rng.randint(20, 80)])
+        for h in h_names:  # every hub has a way in and a way out (no empty balance rows)
+            if not any(arc[1] == h for arc in arcs):
+                arcs.append([rng.choice(s_names), h, rng.randint(1, 12), rng.randint(20, 80)])
+            if not any(arc[0] == h for arc in arcs):
+                arcs.append([h, rng.choice(d_names), rng.randint(1, 12), rng.randint(20, 80)])
         for a in s_names:
             if not any(arc[0] == a for arc in arcs):
                 arcs.append([a, rng.choice(h_names), rng.randint(1, 12), rng.randint(20, 80)])
