@@ -1,0 +1,225 @@
+"""Sampler: greedy parity with transformers, log-probs vs teacher forcing, truncated sampling statistics,
+stops, shared prefill, bounded compilation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from storm_jax.models.hf import load_hf_checkpoint
+from storm_jax.models.qwen import forward
+from storm_jax.sampling import sampler as S
+from storm_jax.sampling.sampler import EngineConfig, Request, Sampler, SamplingParams
+
+PROMPT_LENS = (3, 9, 17, 30, 1, 12)
+NEW = 20
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory):
+    """A tiny random HF Qwen3 saved to disk, loaded back with load_hf_checkpoint."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    hcfg = Qwen3Config(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        initializer_range=0.3,  # peaked logits: greedy argmax margins far above fp32 noise
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    model = Qwen3ForCausalLM(hcfg).eval()
+    path = tmp_path_factory.mktemp("hf_qwen3")
+    model.save_pretrained(str(path))
+    cfg, params = load_hf_checkpoint(str(path))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, 96, size=n).tolist() for n in PROMPT_LENS]
+    return model, cfg, params, prompts
+
+
+def _hf_greedy(model, prompt, new):
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+ENGINE = EngineConfig(num_slots=4, max_len=64, chunk_size=8, min_bucket=8, max_bucket=32, max_prefill_batch=4)
+
+
+@pytest.mark.parametrize("num_slots", [8, 2])
+def test_greedy_equals_transformers_generate(hf_model, num_slots):
+    model, cfg, params, prompts = hf_model
+    want = [_hf_greedy(model, p, NEW) for p in prompts]
+    eng = EngineConfig(**{**ENGINE.__dict__, "num_slots": num_slots})
+    sampler = Sampler(params, cfg, eng)
+    got = sampler.run([Request(p, SamplingParams(max_new_tokens=NEW)) for p in prompts])
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g[0].tokens == w, f"prompt {i} (len {len(prompts[i])})"
+        assert g[0].stop_reason == "max_tokens"
+    if num_slots < len(
+        prompts
+    ):  # continuous batching really happened: more decode calls than one batch needs
+        assert sampler.stats["decode_calls"] > NEW // eng.chunk_size + 1
+
+
+def _processed_np(logits, temperature, top_k, top_p, min_p):
+    """Independent numpy reference of the sampling distribution (transformers' warper order)."""
+    x = np.asarray(logits, np.float64) / temperature
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    keep = np.ones_like(p, bool)
+    if top_k > 0:
+        keep &= x >= np.sort(x)[::-1][top_k - 1]
+    q = np.where(keep, p, 0)
+    q /= q.sum()
+    if top_p < 1:
+        order = np.argsort(-q, kind="stable")
+        cum = np.cumsum(q[order])
+        n = int(np.searchsorted(cum, top_p) + 1)  # smallest prefix with mass >= top_p
+        kp = np.zeros_like(keep)
+        kp[order[:n]] = True
+        keep &= kp
+    if min_p > 0:
+        keep &= p >= min_p * p.max()
+    q = np.where(keep, p, 0)
+    return q / q.sum()
+
+
+def test_logprobs_equal_teacher_forcing_and_seed_reproducible(hf_model):
+    _, cfg, params, prompts = hf_model
+    sp = SamplingParams(temperature=0.8, top_k=30, top_p=0.9, max_new_tokens=NEW)
+    reqs = [Request(p, sp, n=3, seed=7 + i) for i, p in enumerate(prompts[:3])]
+    sampler = Sampler(params, cfg, ENGINE)
+    got = sampler.run(reqs)
+    assert sampler.stats["copy_calls"] >= 1  # samples 2..n copied the prompt's cache rows
+    for group in got:
+        for seq in group:
+            full = jnp.asarray([seq.prompt + seq.tokens])
+            logits = np.asarray(forward(params, full, cfg)[0][0], np.float64)
+            P = len(seq.prompt)
+            for j, tok in enumerate(seq.tokens):
+                row = logits[P + j - 1]
+                raw = row[tok] - np.log(np.exp(row - row.max()).sum()) - row.max()
+                assert abs(seq.logprobs_raw[j] - raw) <= 1e-4, (j, seq.logprobs_raw[j], raw)
+                q = _processed_np(row, 0.8, 30, 0.9, 0.0)
+                assert q[tok] > 0
+                assert abs(seq.logprobs_sampling[j] - np.log(q[tok])) <= 1e-4
+            assert seq.loss_mask == [1] * len(seq.tokens)
+        # different samples of one prompt differ (different keys)
+        assert len({tuple(s.tokens) for s in group}) > 1
+    # Same seeds, different slot count and batch composition: same tokens.
+    alone = Sampler(params, cfg, EngineConfig(**{**ENGINE.__dict__, "num_slots": 2})).run(reqs[1:2])
+    assert [s.tokens for s in alone[0]] == [s.tokens for s in got[1]]
+
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p,min_p",
+    [(1.0, 4, 1.0, 0.0), (0.7, 0, 0.8, 0.0), (1.3, 6, 0.9, 0.0), (1.0, 0, 1.0, 0.1)],
+)
+def test_truncated_sampling_distribution_chi_square(temperature, top_k, top_p, min_p):
+    V, N = 12, 40000
+    logits = np.random.default_rng(1).normal(size=V).astype(np.float32) * 1.5
+    want = _processed_np(logits, temperature, top_k, top_p, min_p)
+
+    @jax.jit
+    def draw(keys):
+        B = keys.shape[0]
+        full = lambda v, dt: jnp.full((B,), v, dt)  # noqa: E731
+        tok, _, lp = S.sample_step(
+            jnp.broadcast_to(jnp.asarray(logits), (B, V)),
+            keys,
+            full(5, jnp.int32),
+            full(temperature, jnp.float32),
+            full(top_k, jnp.int32),
+            full(top_p, jnp.float32),
+            full(min_p, jnp.float32),
+            full(0, jnp.int32),
+            full(False, bool),
+        )
+        return tok, lp
+
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(jnp.arange(N))
+    tok, lp = jax.device_get(draw(keys))
+    counts = np.bincount(tok, minlength=V)
+    support = want > 0
+    assert counts[~support].sum() == 0, "sampled a token outside the truncated support"
+    assert support.sum() < V  # the truncation removed something (else the test would not test it)
+    _, pval = scipy.stats.chisquare(counts[support], N * want[support])
+    assert pval > 1e-3, pval
+    np.testing.assert_allclose(lp, np.log(want[tok]), atol=1e-5)
+    # Negative control: the same counts are rejected against the untruncated distribution.
+    plain = _processed_np(logits, temperature, 0, 1.0, 0.0)
+    _, p_plain = scipy.stats.chisquare(counts, N * plain)
+    assert p_plain < 1e-6
+
+
+def test_stops_eos_token_sequence_and_string(hf_model):
+    _, cfg, params, prompts = hf_model
+    sampler = Sampler(params, cfg, ENGINE)
+    p = prompts[1]
+    ref = sampler.run([Request(p, SamplingParams(max_new_tokens=NEW))])[0][0].tokens
+
+    def first_index(tok):
+        return ref.index(tok)
+
+    eos = ref[11]
+    decode = lambda ids: "".join(f"<{i}>" for i in ids)  # noqa: E731
+    cases = [
+        (SamplingParams(max_new_tokens=NEW, eos_ids=(eos,)), ref[: first_index(eos) + 1], "eos"),
+        (SamplingParams(max_new_tokens=NEW, stop_token_seqs=(tuple(ref[9:11]),)), None, "stop"),
+        (SamplingParams(max_new_tokens=NEW, stop_strings=(f"{ref[13]}><{ref[14]}",)), None, "stop"),
+    ]
+    for sp, want, reason in cases:
+        seq = sampler.run([Request(p, sp)], decode=decode)[0][0]
+        if want is None:  # earliest completion of the stop
+            if sp.stop_token_seqs:
+                st = list(sp.stop_token_seqs[0])
+                end = next(e for e in range(2, NEW + 1) if ref[e - 2 : e] == st)
+            else:
+                end = next(e for e in range(1, NEW + 1) if sp.stop_strings[0] in decode(ref[:e]))
+            want = ref[:end]
+        assert seq.tokens == want
+        assert seq.stop_reason == reason
+        assert len(seq.logprobs_raw) == len(seq.tokens)
+
+
+def test_compilations_bounded_in_steady_state(hf_model):
+    _, cfg, params, prompts = hf_model
+    sampler = Sampler(params, cfg, ENGINE)
+    rng = np.random.default_rng(5)
+    sp = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=12)
+
+    def batch(lens, n):
+        return [Request(rng.integers(1, 96, size=k).tolist(), sp, n=n, seed=int(k)) for k in lens]
+
+    sampler.run(batch([5, 8, 20, 31, 2, 14, 9], 2))
+    before = S.compile_counts()
+    for lens, n in (([6, 7, 21, 30, 3, 13, 10], 2), ([4, 19, 25], 3), ([11, 28, 2, 15, 16, 17], 1)):
+        sampler.run(batch(lens, n))
+    after = S.compile_counts()
+    # Prefill shapes: 3 buckets (8, 16, 32) x 3 batch sizes (1, 2, 4); copies: 3 sizes; decode: 1 per config.
+    assert after["prefill_rows"] - before["prefill_rows"] <= 2, (before, after)
+    assert after["copy_rows"] - before["copy_rows"] <= 1, (before, after)
+    assert after["decode_chunk"] == before["decode_chunk"], (before, after)
