@@ -1,4 +1,8 @@
-"""Default config: a tiny random Qwen3 trained on the bundled tiny SFT trajectories, on CPU, in minutes."""
+"""Default config: a tiny random Qwen3 trained on the bundled tiny SFT trajectories, on CPU, in minutes.
+
+`--config=configs/tiny_cpu.py:toy` is the same loop on random tokens with a 256-token vocabulary (no tokenizer,
+no data files): fast tests of the loop, checkpoints and resume.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ def get_config(arg: str | None = None):
     c.workdir = "runs/tiny_cpu"
     model_presets.apply_preset(c, "tiny", dtype="float32", param_dtype="float32", remat="none")
     c.data.source = "jsonl"
-    c.data.path = str(_RES / "sft_train.jsonl")
-    c.data.eval_path = str(_RES / "sft_eval.jsonl") if (_RES / "sft_eval.jsonl").exists() else ""
+    c.data.path = str(_RES / "arith" / "train.sft_traj.jsonl")
+    # Held-out loss: the `mixed` family trajectories, never trained on here (arith has no held-out SFT rows).
+    c.data.eval_path = str(_RES / "mixed" / "train.sft_traj.jsonl")
     c.data.seq_len = 512
     c.data.batch_size = 4
     c.data.pack = True
@@ -35,4 +40,13 @@ def get_config(arg: str | None = None):
     c.train.eval_batches = 2
     c.checkpoint.save_every = 50
     c.checkpoint.keep = 2
+    if arg == "toy":
+        model_presets.apply_preset(c, "tiny-toy-vocab")
+        c.workdir = "runs/tiny_toy"
+        c.data.source = "synthetic"
+        c.data.path = c.data.eval_path = ""
+        c.data.seq_len = 64
+        c.train.logprob_chunk = 0
+    elif arg:
+        raise ValueError(f"tiny_cpu.py: unknown variant {arg!r} (toy)")
     return c

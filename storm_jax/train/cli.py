@@ -1,0 +1,50 @@
+"""`storm-jax train sft --config=configs/storm_sft.py --config.optim.lr=2e-5 ...`"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: storm-jax train sft [--config=FILE[:ARG]] [--config.KEY=VALUE ...]
+
+  --config      a config file (default: configs/tiny_cpu.py, a tiny Qwen3 on the bundled data, CPU)
+  --config.KEY  override any key, absl style, e.g. --config.optim.lr=2e-5 --config.mesh.fsdp=8
+  --print_config  print the resolved config and exit
+"""
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `storm-jax train`."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    recipe, rest = argv[0], argv[1:]
+    if recipe != "sft":
+        print(f"storm-jax train: unknown recipe {recipe!r} (available: sft)\n\n{USAGE}", file=sys.stderr)
+        return 2
+    from storm_jax.config import ConfigError, load_config, parse_argv
+
+    spec, overrides, other = parse_argv(rest)
+    print_only = "--print_config" in other
+    other = [a for a in other if a != "--print_config"]
+    if other:
+        print(f"storm-jax train sft: unknown arguments {other}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    import jax
+
+    try:
+        cfg = load_config(spec, overrides, num_devices=jax.device_count())
+    except ConfigError as e:
+        print(f"storm-jax train sft: config error: {e}", file=sys.stderr)
+        return 2
+    if print_only:
+        print(cfg)
+        return 0
+    from storm_jax.train.sft import train_sft
+
+    out = train_sft(cfg)
+    print(f"done: step {out['step']} loss {out['loss']:.4f} eval_loss {out['eval_loss']:.4f}")
+    return 0 if out["finite"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
