@@ -186,18 +186,23 @@ def sample_step(logits, keys, step, temperature, top_k, top_p, min_p, forced, us
     sampled token where `use_forced`.
     """
     raw = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    lp = processed_logprobs(logits, temperature, top_k, top_p, min_p)
     greedy = temperature <= 0
+    best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def draw(key, s, row):
-        return jax.random.categorical(jax.random.fold_in(key, s), row)
+        return jax.random.categorical(jax.random.fold_in(key, s), row).astype(jnp.int32)
 
-    sampled = jax.vmap(draw)(keys, step, lp)
-    tok = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled)
+    def with_sampling(_):
+        lp = processed_logprobs(logits, temperature, top_k, top_p, min_p)
+        return lp, jax.vmap(draw)(keys, step, lp)
+
+    # An all-greedy batch skips the truncation and the [B, V] random draw (most of a CPU decode step).
+    lp, sampled = jax.lax.cond(jnp.any(~greedy), with_sampling, lambda _: (raw, best), None)
+    tok = jnp.where(greedy, best, sampled)
     tok = jnp.where(use_forced, forced, tok).astype(jnp.int32)
     raw_lp = jnp.take_along_axis(raw, tok[:, None], axis=-1)[:, 0]
     samp_lp = jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
-    greedy_lp = jnp.where(tok == jnp.argmax(logits, axis=-1), 0.0, -jnp.inf)
+    greedy_lp = jnp.where(tok == best, 0.0, -jnp.inf)
     samp_lp = jnp.where(greedy, greedy_lp, samp_lp)
     return tok, raw_lp, samp_lp
 

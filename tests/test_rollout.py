@@ -1,0 +1,203 @@
+"""Multi-turn rollouts: teacher-forced trajectories through the real execution pool, masks, log-probs across
+tool turns, resume-from-cache equals a fresh prefill, eviction of paused requests, tool-call limit."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from storm_jax.data.format import Segment, code_segment, output_segment
+from storm_jax.models.qwen import ModelConfig, forward, init_cache, init_params
+from storm_jax.sampling.rollout import RolloutConfig, RolloutRequest, rollout
+from storm_jax.sampling.sampler import EngineConfig, Sampler, SamplingParams
+from storm_jax.tokenizer import encode_prompt, encode_segment, eos_ids, load_tokenizer
+
+PROGRAM = """import pyomo.environ as pyo
+m = pyo.ConcreteModel()
+m.x = pyo.Var(bounds=(0, 3))
+m.y = pyo.Var(bounds=(0, None))
+m.c1 = pyo.Constraint(expr=m.x + m.y <= 4)
+m.c2 = pyo.Constraint(expr=m.x + 3 * m.y <= 6)
+m.obj = pyo.Objective(expr=3 * m.x + 2 * m.y, sense=pyo.maximize)
+pyo.SolverFactory("appsi_highs").solve(m)
+print("OBJECTIVE:", pyo.value(m.obj))"""
+
+CFG = ModelConfig(
+    vocab_size=151936,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+)
+ENGINE = EngineConfig(
+    num_slots=2, max_len=320, chunk_size=16, min_bucket=16, max_bucket=128, max_prefill_batch=2
+)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = load_tokenizer()
+    params = init_params(CFG, jax.random.key(0), std=0.5)
+    return tok, params
+
+
+def _ids(tok, segs):
+    return [t for s in segs for t in encode_segment(tok, s)]
+
+
+def _check_logprobs(params, traj):
+    full = jnp.asarray([traj.prompt_ids + traj.response_ids])
+    logp = np.asarray(jax.nn.log_softmax(forward(params, full, CFG)[0][0], axis=-1))
+    P = len(traj.prompt_ids)
+    for j, (t, m) in enumerate(zip(traj.response_ids, traj.loss_mask)):
+        if m:
+            assert abs(traj.logprobs_raw[j] - logp[P + j - 1, t]) <= 1e-4, j
+        else:
+            assert traj.logprobs_raw[j] == 0.0
+
+
+def test_forced_tool_trajectory_with_real_pool(setup):
+    from storm_jax.execution.pool import ExecutionPool
+
+    tok, params = setup
+    im_end = eos_ids(tok)[0]
+    prompt = encode_prompt(
+        tok, [{"role": "user", "content": "Maximize 3x+2y subject to x+y<=4, x+3y<=6, x<=3."}]
+    )
+    text1 = Segment("text", "I will write a model.\n\n")
+    code = code_segment(PROGRAM)
+    text2 = Segment("text", "\n\nThe optimal objective is \\boxed{11}.")
+    forced = _ids(tok, [text1, code, text2]) + [im_end]
+    rc = RolloutConfig(
+        sampling=SamplingParams(temperature=0.0, max_new_tokens=250, eos_ids=tuple(eos_ids(tok)))
+    )
+    sampler = Sampler(params, CFG, ENGINE)
+    with ExecutionPool(num_workers=1) as pool:
+        (traj,) = rollout(
+            params, CFG, tok, [RolloutRequest(prompt, forced=forced)], rc, pool, sampler=sampler
+        )
+
+    assert traj.stop_reason == "eos"
+    (ex,) = traj.executions
+    assert ex.status == "ok" and ex.answer == pytest.approx(11.0)
+    assert ex.code == PROGRAM
+    assert "OBJECTIVE: 11.0" in ex.stdout
+    out = output_segment(ex.stdout, rc.max_output_chars)
+    assert ex.output_text == out.text
+    # Token-in/token-out: model ids, then the output block's ids, then the rest of the model ids.
+    want = _ids(tok, [text1, code]) + encode_segment(tok, out) + _ids(tok, [text2]) + [im_end]
+    assert traj.response_ids == want
+    n1 = len(_ids(tok, [text1, code]))
+    n_out = len(encode_segment(tok, out))
+    assert traj.loss_mask == [1] * n1 + [0] * n_out + [1] * (len(want) - n1 - n_out)
+    assert (ex.start, ex.end) == (n1, n1 + n_out)
+    assert [s.kind for s in traj.segments] == ["text", "code", "output", "text"]
+    assert [s.text for s in traj.segments[1:3]] == [code.text, out.text]
+    assert traj.segments[0].text == text1.text
+    assert traj.answer == pytest.approx(11.0)
+    _check_logprobs(params, traj)
+    # The cache after resume (prompt + response minus the pending eos) equals a fresh prefill of that sequence.
+    seq = traj.prompt_ids + traj.response_ids[:-1]
+    _, fresh = forward(params, jnp.asarray([seq]), CFG, kv_cache=init_cache(CFG, 1, len(seq)))
+    k, v = sampler.cache_rows(0, len(seq))
+    np.testing.assert_allclose(k, np.asarray(fresh.k[:, 0]), atol=2e-5)
+    np.testing.assert_allclose(v, np.asarray(fresh.v[:, 0]), atol=2e-5)
+
+
+class _SlowFailingExecutor:
+    """Stub: every program 'fails' after a delay with a long traceback (exercises the stderr tail)."""
+
+    def __init__(self, delay_s):
+        self.delay_s, self.done_at, self.codes = delay_s, [], []
+
+    def submit(self, code, *, timeout_s=None):
+        from storm_jax.execution.pool import ExecutionResult
+
+        self.codes.append(code)
+        fut = cf.Future()
+
+        def finish():
+            self.done_at.append(time.monotonic())
+            stderr = (
+                "Traceback (most recent call last):\n"
+                + "  noise line\n" * 200
+                + "ZeroDivisionError: division by zero\n"
+            )
+            fut.set_result(ExecutionResult("error", "partial\n", stderr, None, self.delay_s, 1))
+
+        threading.Timer(self.delay_s, finish).start()
+        return fut
+
+
+def test_eviction_concurrency_and_tool_call_limit(setup):
+    tok, params = setup
+    eos = tuple(eos_ids(tok))
+    prompt = encode_prompt(tok, [{"role": "user", "content": "Solve it."}])
+    segs = [
+        Segment("text", "Try.\n"),
+        code_segment("print(1/0)"),
+        Segment("text", "\nAgain.\n"),
+        code_segment("print(2)"),
+        Segment("text", "\\boxed{2}"),
+    ]
+    forced = _ids(tok, segs) + [eos[0]]
+    rc = RolloutConfig(
+        sampling=SamplingParams(temperature=0.0, max_new_tokens=160, eos_ids=eos),
+        max_tool_calls=1,
+        stderr_tail_chars=200,
+        max_output_chars=400,
+    )
+    execu = _SlowFailingExecutor(delay_s=2.0)
+    finished_at = []
+    sampler = Sampler(params, CFG, ENGINE)
+    reqs = [
+        RolloutRequest(prompt, forced=forced),
+        RolloutRequest(prompt, seed=1),
+        RolloutRequest(prompt[:-3], seed=2),
+    ]
+    trajs = rollout(
+        params,
+        CFG,
+        tok,
+        reqs,
+        rc,
+        execu,
+        sampler=sampler,
+        progress=lambda k: finished_at.append(time.monotonic()),
+    )
+    a, b, c = trajs
+    # The paused request gave its slot to the queued one, and others finished while its code ran.
+    assert sampler.stats["evictions"] >= 1
+    assert min(finished_at) < execu.done_at[0]
+    assert execu.codes == ["print(1/0)"]  # the second block hit the limit and was not run
+    assert a.stop_reason == "max_tool_calls"
+    assert [s.kind for s in a.segments] == ["text", "code", "output", "text", "code"]
+    ex = a.executions[0]
+    assert ex.status == "error"
+    assert (
+        ex.output_text.startswith("\n```output\npartial\n")
+        and "ZeroDivisionError: division by zero" in ex.output_text
+    )
+    assert len(ex.output_text) <= 400 + 40
+    body = ex.output_text.removeprefix("\n```output\n").removesuffix("\n```\n")
+    assert body == ("partial\n" + execu_tail(200)).rstrip("\n")
+    for t in trajs:
+        _check_logprobs(params, t)  # across the tool turn and after an evicted request's re-prefill
+    assert b.stop_reason == c.stop_reason == "max_tokens" and len(b.response_ids) == 160
+
+
+def execu_tail(n):
+    stderr = (
+        "Traceback (most recent call last):\n"
+        + "  noise line\n" * 200
+        + "ZeroDivisionError: division by zero\n"
+    )
+    return stderr[-n:]
