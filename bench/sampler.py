@@ -1,0 +1,135 @@
+"""Decode throughput: storm_jax sampler vs transformers `generate` (torch CPU), same weights.
+
+Model: the ~100M Qwen3 anchor config (vocab 151,936 tied, hidden 512, 8 layers, 8/4 heads, head_dim 64, mlp 1536;
+/work/shared/anchors/common_cfg.py). Shapes as the anchor peer measurement (b2_hf_generate.py): 64-token random
+prompts, 256 new tokens, greedy, no early stop; batch 1, 8, 32. tok/s = batch * 256 / wall of the whole call
+(prefill included), median of --repeats timed runs after one warm-up run (which compiles).
+
+    .venv/bin/python bench/sampler.py [--batches 1,8,32] [--repeats 3] [--chunk 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ANCHOR = dict(
+    vocab_size=151936,
+    hidden_size=512,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=64,
+    intermediate_size=1536,
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
+)
+PROMPT, NEW = 64, 256
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=64)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+
+    import jax
+    import torch
+    import transformers
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from storm_jax.models.hf import load_hf_checkpoint
+    from storm_jax.sampling.sampler import EngineConfig, Request, Sampler, SamplingParams
+
+    torch.manual_seed(0)
+    hcfg = Qwen3Config(
+        vocab_size=ANCHOR["vocab_size"],
+        hidden_size=ANCHOR["hidden_size"],
+        num_hidden_layers=ANCHOR["num_hidden_layers"],
+        num_attention_heads=ANCHOR["num_attention_heads"],
+        num_key_value_heads=ANCHOR["num_key_value_heads"],
+        head_dim=ANCHOR["head_dim"],
+        intermediate_size=ANCHOR["intermediate_size"],
+        rope_parameters={"rope_type": "default", "rope_theta": ANCHOR["rope_theta"]},
+        rms_norm_eps=ANCHOR["rms_norm_eps"],
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+    )
+    model = Qwen3ForCausalLM(hcfg).eval()
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        cfg, params = load_hf_checkpoint(d)
+    print(
+        f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} threads "
+        f"{torch.get_num_threads()}, transformers {transformers.__version__}, params {cfg.num_params():,}, "
+        f"cpus {os.cpu_count()}",
+        flush=True,
+    )
+
+    rows = []
+    for B in batches:
+        ids = torch.randint(0, 151643, (B, PROMPT), generator=torch.Generator().manual_seed(B))
+        attn = torch.ones_like(ids)
+        kw = dict(
+            do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW, attention_mask=attn, pad_token_id=151643
+        )
+
+        def hf(ids=ids, kw=kw):
+            with torch.no_grad():
+                return model.generate(ids, **kw)
+
+        engine = EngineConfig(num_slots=B, max_len=PROMPT + NEW + 1, chunk_size=args.chunk, max_bucket=64)
+        sampler = Sampler(params, cfg, engine)
+        sp = SamplingParams(temperature=0.0, max_new_tokens=NEW)  # no eos: always the full 256 tokens
+        reqs = [Request(r.tolist(), sp) for r in ids]
+
+        def ours(sampler=sampler, reqs=reqs):
+            return sampler.run(reqs)
+
+        timings = {}
+        outs = {}
+        for name, fn in (("transformers", hf), ("storm_jax", ours)):
+            t = time.perf_counter()
+            outs[name] = fn()
+            first = time.perf_counter() - t
+            ts = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            timings[name] = statistics.median(ts)
+            print(
+                f"B={B:2d} {name:12s}: first call {first:.1f}s, median {timings[name]:.2f}s {[round(x, 2) for x in ts]}"
+                f" -> {B * NEW / timings[name]:.1f} tok/s",
+                flush=True,
+            )
+        hf_tok = outs["transformers"][:, PROMPT:].numpy()
+        our_tok = np.array([g[0].tokens for g in outs["storm_jax"]])
+        agree = float((hf_tok == our_tok).all(axis=1).mean())
+        first_diff = [int(np.argmax(a != b)) if (a != b).any() else NEW for a, b in zip(hf_tok, our_tok)]
+        rows.append(
+            (B, B * NEW / timings["transformers"], B * NEW / timings["storm_jax"], agree, min(first_diff))
+        )
+
+    print(
+        "\n| batch | transformers tok/s | storm_jax tok/s | ratio | rows identical (greedy) | first divergence |"
+    )
+    print("|---|---|---|---|---|---|")
+    for B, h, o, agree, fd in rows:
+        print(f"| {B} | {h:.1f} | {o:.1f} | {o / h:.2f}x | {agree:.0%} | {fd} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
