@@ -25,10 +25,9 @@ class Arith(Family):
 
     def sample(self, rng, size, infeasible):
         if rng.random() < 0.3:  # one-variable knapsack: how many boxes fit
-            w, cap, v = rng.randint(2, 9), rng.randint(15, 60), rng.randint(2, 9)
-            return dict(
-                kind="boxes", w=w, cap=cap, v=v, item=rng.choice(["boxes", "bags", "crates", "sacks"])
-            )
+            w, cap, v = rng.randint(2, 15), rng.randint(15, 120), rng.randint(2, 20)
+            item = rng.choice(["boxes", "bags", "crates", "sacks", "barrels", "cases", "bundles", "trays"])
+            return dict(kind="boxes", w=w, cap=cap, v=v, item=item)
         sense = rng.choice(["max", "min"])
         n_con = 2 + (size if size <= 1 else 1)
         c = [rng.randint(1, 9), rng.randint(1, 9)]
@@ -51,6 +50,8 @@ class Arith(Family):
                     f"How many whole {p['item']} should go on the cart to earn the most, and what is the largest total earning?",
                     f"A cart can carry {p['cap']} kg. One of the {p['item']} weighs {p['w']} kg and pays {p['v']} dollars. "
                     f"Only whole {p['item']} can be loaded. What is the maximum total pay?",
+                    f"How much can a cart with a {p['cap']} kg limit earn at most, if {p['item']} weigh {p['w']} kg "
+                    f"each, earn {p['v']} dollars each and cannot be split?",
                 ]
             )
         rel = "<=" if p["sense"] == "max" else ">="
