@@ -60,6 +60,22 @@ def peak_flops_per_device(device: Any = None) -> tuple[float, str]:
     return float("nan"), f"unknown:{kind}"
 
 
+def count_params(cfg) -> int:
+    """Parameter count from the config via abstract shapes (ModelConfig.num_params at 4b2e652 flattens the
+    shape tuples into their dims and undercounts; use this until that is fixed)."""
+    from storm_jax.models.qwen import abstract_params
+
+    return int(sum(np.prod(a.shape) for a in __import__("jax").tree.leaves(abstract_params(cfg))))
+
+
+def train_flops_per_token(cfg, seq_len: int) -> float:
+    """Training FLOPs per token: the formula of ModelConfig.flops_per_token on the correct parameter count."""
+    n = count_params(cfg)
+    if not cfg.tie_word_embeddings:
+        n -= cfg.vocab_size * cfg.hidden_size
+    return 6.0 * n + 6.0 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+
+
 def batch_stats(batch: dict) -> dict[str, float]:
     """Token counts of a numpy batch: positions, real tokens, loss tokens, packing efficiency, masked share."""
     seg = np.asarray(batch["segment_ids"])

@@ -203,13 +203,13 @@ def _evaluate(cfg, run: Run, eval_step, params, sharding) -> float:
     return tot / wt if wt else float("nan")
 
 
-def train_sft(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any]:
+def train_sft(cfg: ml_collections.ConfigDict, *, echo=print, devices=None) -> dict[str, Any]:
     """Run (or resume) SFT as configured; returns a summary {step, loss, eval_loss, tokens_per_s, ...}."""
     maybe_initialize_distributed()
     is_main = jax.process_index() == 0
     workdir = cfg.workdir
     model_cfg = resolve_model_config(cfg)
-    run = build_run(cfg, model_cfg)
+    run = build_run(cfg, model_cfg, devices=devices)
     b_sh = batch_sharding(run.mesh_rules)
     n_dev = len(run.mesh_rules.mesh.devices.flat)
     if is_main:
@@ -243,9 +243,9 @@ def train_sft(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any]:
         )
     writer = M.MetricsWriter(workdir, enabled=is_main)
     peak, peak_src = M.peak_flops_per_device()
-    fpt = model_cfg.flops_per_token(cfg.data.seq_len)
+    fpt = M.train_flops_per_token(model_cfg, cfg.data.seq_len)
     echo(
-        f"model {model_cfg.num_params() / 1e6:.1f}M params, mesh {dict(run.mesh_rules.mesh.shape)}, "
+        f"model {M.count_params(model_cfg) / 1e6:.1f}M params, mesh {dict(run.mesh_rules.mesh.shape)}, "
         f"{fpt / 1e6:.1f} MFLOP/token, peak {peak / 1e12:.3f} TFLOP/s/device ({peak_src})"
     )
     fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
@@ -330,6 +330,8 @@ def load_run_state(workdir: str, *, step: int | None = None, devices=None):
     from storm_jax.config import config_from_json
 
     cfg = config_from_json(os.path.join(workdir, "config.json"))
+    # Load on whatever devices are here (Orbax reshards): a pod run can be exported on one host.
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, -1, 1
     model_cfg = resolve_model_config(cfg)
     run = build_run(cfg, model_cfg, devices=devices)
     ckpt = Checkpointer(
