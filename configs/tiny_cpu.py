@@ -25,22 +25,23 @@ def get_config(arg: str | None = None):
     # Held-out loss: the `mixed` family trajectories, never trained on here (arith has no held-out SFT rows).
     c.data.eval_path = str(_RES / "mixed" / "train.sft_traj.jsonl")
     c.data.seq_len = 512
-    c.data.batch_size = 4
+    c.data.batch_size = 2
     c.data.pack = True
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-    c.optim.lr = 3e-3  # a random tiny model needs a large lr to learn anything in ~100 steps
-    c.optim.warmup_steps = 10
+    c.optim.lr = 3e-3  # a random tiny model needs a large lr to learn anything in ~60 steps
+    c.optim.warmup_steps = 5
     c.optim.decay = "cosine"
     c.optim.min_lr_ratio = 0.1
     c.optim.weight_decay = 0.0
-    c.train.steps = 100
+    c.train.steps = 60
     c.train.logprob_chunk = 128
     c.train.log_every = 10
-    c.train.eval_every = 50
+    c.train.eval_every = 30
     c.train.eval_batches = 2
-    c.checkpoint.save_every = 50
+    c.checkpoint.save_every = 30
     c.checkpoint.keep = 2
     if arg == "toy":
+        c.data.batch_size = 4
         model_presets.apply_preset(c, "tiny-toy-vocab")
         c.workdir = "runs/tiny_toy"
         c.data.source = "synthetic"
