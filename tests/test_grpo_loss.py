@@ -381,3 +381,17 @@ def test_train_step_grad_accumulation_exact(rl_batch, agg):
         np.testing.assert_allclose(a - p0, b - p0, rtol=1e-4, atol=1e-4 * float(np.abs(b - p0).max()) + 1e-9)
         moved = max(moved, float(np.abs(b - p0).max()))
     assert moved > 1e-4  # a real update happened
+
+
+def test_extreme_log_ratio_stays_finite():
+    """A valid token whose old log-prob is absurdly far off (-1e4 nats) gives a finite loss and gradient."""
+    logp, old, ref, adv, mask, seg, trunc, zv = random_arrays(6)
+    old = np.where(np.isfinite(old), old, 0.0).astype(np.float32)
+    old[2, 3], old[2, 4] = -1e4, 1e4  # rho -> e^+20 and e^-20 after the clamp
+    adv[2] = -1.0
+    for agg in AGGS:
+        cfg = GRPOLossConfig(kl_beta=0.1, aggregation=agg, max_response_len=16)
+        (loss, _), g = jax.value_and_grad(
+            lambda lp, cfg=cfg: grpo_token_loss(lp, old, ref, adv, mask, cfg, segment_ids=seg), has_aux=True
+        )(jnp.asarray(logp))
+        assert np.isfinite(loss) and np.all(np.isfinite(np.asarray(g)))

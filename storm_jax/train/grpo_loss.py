@@ -229,7 +229,10 @@ def grpo_token_loss(
 
     # Masked positions may hold garbage (padding logits, -inf from a sampler): zero the exponent there so
     # neither the value nor the gradient can become inf * 0 = nan.
+    # The clamp (as in verl) only matters for pathological inputs (|log-ratio| > 20 nats): it keeps exp finite, at
+    # the cost of a zero gradient there.
     delta = jnp.where(valid, logp - jnp.asarray(old_logp, jnp.float32), 0.0)
+    delta = jnp.clip(delta, -20.0, 20.0)
     ratio = jnp.exp(delta)
     clipped_ratio = jnp.clip(ratio, 1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high)
     unclipped_obj = ratio * adv
@@ -295,9 +298,11 @@ def make_grpo_loss(
     batch ([B, T] unless noted): tokens, targets, loss_mask, segment_ids, positions; advantages [B] (or
     [B, T] for packed rows); old_logprobs (the sampling policy's log-probs of targets); ref_logprobs when
     kl_beta > 0; truncated [B] when mask_truncated; zero_variance [B] when drop_zero_variance.
-    The loop precomputes old_logprobs/ref_logprobs with `token_logprobs` on the same batch (ref: the frozen
-    reference params) so that both sides of every ratio come from the same code path; this loss runs the
-    policy forward pass once. aux["weight"] makes accumulation exact (module doc).
+    The loop precomputes old_logprobs (behaviour params) and ref_logprobs (frozen reference params) with
+    `token_logprobs` on the same batch, so both sides of every ratio come from the same code path: rho == 1
+    exactly on the first pass. (A sampler's own log-probs are temperature-scaled and possibly bf16; they are
+    not log pi_old of this unscaled policy.) This loss runs the policy forward pass once. aux["weight"] makes
+    accumulation exact (module doc).
     """
 
     def need(batch: dict, key: str, why: str):
