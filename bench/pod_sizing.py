@@ -102,6 +102,12 @@ How to read it: a TPU v5e chip has 16 GiB HBM, v5p 95 GiB, v6e 32 GiB, v4 32 GiB
 assignment is a proxy: TPU fuses differently, so treat these as estimates with a margin (~20%).
 The fp32 state alone costs 12 bytes/param / (fsdp*tensor): 4B -> ~1.5 GiB, 8B -> ~3.1 GiB per device at 32-way.
 
+What dominates: `models/qwen.py` computes attention densely, materializing fp32 scores and probabilities of
+shape [heads, T, T] per sequence inside each (rematerialized) layer: 32 heads x 16384^2 x 4 B = 32 GiB per
+array at 16K. That term grows as T^2 and is divided only by the tensor axis (heads), which is why 16K rows
+need far more than 4K rows and why tensor parallelism helps there. A blockwise/splash attention kernel
+(Pallas on TPU) removes it; until then keep seq_len <= 8K per sequence on 16-32 GiB chips, or raise `tensor`.
+
 {table}
 Rows: {n} cases, generated {date} in {secs:.0f} s.
 """
@@ -114,7 +120,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seqs", default="4096,16384")
     ap.add_argument("--out", default=str(ROOT / "docs" / "pod_sizing.md"))
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    ap.add_argument(
+        "--rerender", default=None, help="re-write the doc from a log of JSON rows (no compiling)"
+    )
     a = ap.parse_args(argv)
+    if a.rerender:
+        rows = [json.loads(ln) for ln in Path(a.rerender).read_text().splitlines() if ln.startswith("{")]
+        Path(a.out).write_text(DOC.format(table=render(rows), n=len(rows), date=time.strftime("%Y-%m-%d"),
+                                          secs=sum(r.get("compile_s", 0) for r in rows)))  # fmt: skip
+        return 0
     if a.case:
         m, f, t, s = a.case.split(",")
         print("RESULT " + json.dumps(one_case(m, int(f), int(t), int(s))))
