@@ -72,7 +72,7 @@ def main() -> int:
         cfg, params = load_hf_checkpoint(d)
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} threads "
-        f"{torch.get_num_threads()}, transformers {transformers.__version__}, params {cfg.num_params():,}, "
+        f"{torch.get_num_threads()}, transformers {transformers.__version__}, params {sum(x.size for x in jax.tree.leaves(params)):,}, "
         f"cpus {os.cpu_count()}",
         flush=True,
     )

@@ -223,3 +223,22 @@ def test_compilations_bounded_in_steady_state(hf_model):
     assert after["prefill_rows"] - before["prefill_rows"] <= 2, (before, after)
     assert after["copy_rows"] - before["copy_rows"] <= 1, (before, after)
     assert after["decode_chunk"] == before["decode_chunk"], (before, after)
+
+
+def test_sharded_cache_and_params_match_unsharded(hf_model):
+    """8 fake devices: params sharded (fsdp x tensor), cache rows over (data, fsdp), kv heads over tensor."""
+    from storm_jax.models.qwen import param_logical_axes
+    from storm_jax.parallel.mesh import MeshRules, make_mesh, shard_pytree
+
+    model, cfg, params, prompts = hf_model
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (fake) devices")
+    rules = MeshRules(make_mesh(data=2, fsdp=2, tensor=2))
+    sharded = shard_pytree(params, param_logical_axes(cfg), rules)
+    sampler = Sampler(sharded, cfg, ENGINE, mesh_rules=rules)
+    assert len(sampler.k.sharding.device_set) == 8
+    got = sampler.run([Request(p, SamplingParams(max_new_tokens=12)) for p in prompts[:5]])
+    want = Sampler(params, cfg, ENGINE).run(
+        [Request(p, SamplingParams(max_new_tokens=12)) for p in prompts[:5]]
+    )
+    assert [g[0].tokens for g in got] == [w[0].tokens for w in want]
