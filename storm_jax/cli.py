@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sft-data": ("storm_jax.data.pipeline", "check an SFT JSONL: bad rows, token counts, packing efficiency"),
     "train": ("storm_jax.train.cli", "train: `train sft|grpo --config=configs/...`"),
     "export": ("storm_jax.train.export_cli", "export a training checkpoint as an HF checkpoint directory"),
-    "pipeline": ("storm_jax.pipeline", "run the tiny end-to-end STORM recipe (SFT -> GRPO -> score)"),
+    "pipeline": ("storm_jax.pipeline", "run the STORM recipe end to end: SFT -> score -> GRPO -> score"),
 }
 
 

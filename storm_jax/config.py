@@ -96,7 +96,53 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.save_every = 100
     c.checkpoint.keep = 3
     c.checkpoint.async_save = True
+
+    c.grpo = grpo_defaults()
     return c
+
+
+def grpo_defaults() -> ml_collections.ConfigDict:
+    """The `grpo` section (storm_jax.train.grpo): rollouts, rewards, advantages, loss options."""
+    g = ml_collections.ConfigDict()
+    g.problems_path = ""  # benchmark-schema JSONL (id, question, answer, answer_status)
+    g.system_prompt = ""  # "" = no system message
+    g.enable_thinking = False  # prompt opens a <think> block (thinking models)
+    g.steps = 10  # GRPO steps (each: rollouts + ppo_epochs passes)
+    g.problems_per_step = 4
+    g.group_size = 8  # G samples per problem
+    g.ppo_epochs = 1
+    g.minibatch_size = 0  # trajectories per optimizer update (0 = all of the step's)
+    g.temperature = 1.0
+    g.top_k = 0
+    g.top_p = 1.0
+    g.max_response_tokens = 256  # model + tool-output ids of one response
+    g.tools = True
+    g.max_tool_calls = 12
+    g.max_output_chars = 2000
+    g.exec_timeout_s = 10.0
+    g.exec_workers = 2
+    g.protocol = "storm"  # storm | strict | orlm | abs001
+    g.epsilon = 1e-4  # relative tolerance of the storm reward (a guess: not published)
+    g.answer_from = "boxed"  # boxed | execution | auto
+    g.format_reward = 0.0  # added for any well-formed \\boxed{} answer (off by default)
+    g.scale_by_std = True  # False = Dr.GRPO
+    g.clip_eps_low = 0.2
+    g.clip_eps_high = 0.2  # > clip_eps_low = clip-higher (DAPO)
+    g.kl_beta = 0.0  # k3 KL to the frozen initial policy
+    g.aggregation = "token_mean"  # token_mean | seq_mean_token_mean | constant
+    g.mask_truncated = False
+    g.drop_zero_variance = False
+    g.shuffle_rewards = False  # control experiment: permute rewards across the batch
+    g.old_logprobs = "sampler"  # sampler (raw-model log-probs from generation) | trainer (recompute)
+    g.num_slots = 16  # sampler decode slots
+    g.max_len = 1024  # sampler cache length per slot (prompt + response)
+    g.decode_chunk = 16  # decode steps per device call
+    g.seq_bucket = 64  # train sequence lengths are padded to a multiple of this
+    g.lr = 0.0  # GRPO learning rate (0 = optim.lr); lets one pipeline config hold SFT and GRPO rates
+    g.eval_path = ""  # held-out problems scored before and after GRPO (pipeline)
+    g.eval_problems = 0  # how many of them (0 = all)
+    g.eval_samples = 1  # samples per held-out problem (1 = greedy)
+    return g
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,8 +348,10 @@ def validate(
         raise ConfigError(f"{source}: {key}: {msg}")
 
     check_schema(cfg, base_config(), source=source)
-    if cfg.recipe not in ("sft",):
-        fail("recipe", f"{cfg.recipe!r} is not a known recipe (sft)")
+    if cfg.recipe not in ("sft", "grpo", "pipeline"):
+        fail("recipe", f"{cfg.recipe!r} is not a known recipe (sft, grpo, pipeline)")
+    if cfg.recipe in ("grpo", "pipeline"):
+        _validate_grpo(cfg.grpo, fail)
     try:
         model_config(cfg)
     except (ValueError, TypeError) as e:
@@ -314,7 +362,7 @@ def validate(
         fail("optim.decay", f"{cfg.optim.decay!r} not in {DECAYS}")
     if cfg.data.source not in ("jsonl", "synthetic"):
         fail("data.source", f"{cfg.data.source!r} not in ('jsonl', 'synthetic')")
-    if cfg.data.source == "jsonl" and not cfg.data.path:
+    if cfg.recipe != "grpo" and cfg.data.source == "jsonl" and not cfg.data.path:
         fail("data.path", "is empty (set a JSONL file, or data.source='synthetic')")
     for key in ("train.steps", "train.grad_accum", "data.seq_len", "data.batch_size", "train.log_every",
                 "checkpoint.keep", "checkpoint.save_every"):  # fmt: skip
@@ -341,6 +389,34 @@ def validate(
                 "data.batch_size",
                 f"micro-batch {micro} (batch_size/grad_accum) is not divisible by data*fsdp={data * fsdp}",
             )
+
+
+def _validate_grpo(g: ml_collections.ConfigDict, fail) -> None:
+    if not g.problems_path:
+        fail("grpo.problems_path", "is empty (set a benchmark-schema JSONL of problems)")
+    choices = {
+        "protocol": ("storm", "strict", "orlm", "abs001"),
+        "answer_from": ("boxed", "execution", "auto"),
+        "aggregation": ("token_mean", "seq_mean_token_mean", "constant"),
+        "old_logprobs": ("sampler", "trainer"),
+    }
+    for key, allowed in choices.items():
+        if g[key] not in allowed:
+            fail(f"grpo.{key}", f"{g[key]!r} not in {allowed}")
+    for key in ("steps", "problems_per_step", "group_size", "ppo_epochs", "max_response_tokens", "num_slots",
+                "max_len", "decode_chunk", "seq_bucket", "exec_workers"):  # fmt: skip
+        if int(g[key]) < 1:
+            fail(f"grpo.{key}", f"must be >= 1, got {g[key]}")
+    if g.group_size < 2:
+        fail("grpo.group_size", "GRPO needs at least 2 samples per problem")
+    n = g.problems_per_step * g.group_size
+    if g.minibatch_size and n % g.minibatch_size:
+        fail("grpo.minibatch_size", f"{g.minibatch_size} does not divide problems_per_step*group_size={n}")
+    if g.max_response_tokens >= g.max_len:
+        fail(
+            "grpo.max_len",
+            f"{g.max_len} must exceed grpo.max_response_tokens={g.max_response_tokens} (room for the prompt)",
+        )
 
 
 def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: storm-jax train sft [--config=FILE[:ARG]] [--config.KEY=VALUE ...]
+USAGE = """usage: storm-jax train sft|grpo [--config=FILE[:ARG]] [--config.KEY=VALUE ...]
 
   --config      a config file (default: configs/tiny_cpu.py, a tiny Qwen3 on the bundled data, CPU)
   --config.KEY  override any key, absl style, e.g. --config.optim.lr=2e-5 --config.mesh.fsdp=8
@@ -18,8 +18,10 @@ def main(argv: list[str]) -> int:
         print(USAGE)
         return 0
     recipe, rest = argv[0], argv[1:]
-    if recipe != "sft":
-        print(f"storm-jax train: unknown recipe {recipe!r} (available: sft)\n\n{USAGE}", file=sys.stderr)
+    if recipe not in ("sft", "grpo"):
+        print(
+            f"storm-jax train: unknown recipe {recipe!r} (available: sft, grpo)\n\n{USAGE}", file=sys.stderr
+        )
         return 2
     from storm_jax.config import ConfigError, load_config, parse_argv
 
@@ -27,17 +29,27 @@ def main(argv: list[str]) -> int:
     print_only = "--print_config" in other
     other = [a for a in other if a != "--print_config"]
     if other:
-        print(f"storm-jax train sft: unknown arguments {other}\n\n{USAGE}", file=sys.stderr)
+        print(f"storm-jax train {recipe}: unknown arguments {other}\n\n{USAGE}", file=sys.stderr)
         return 2
     import jax
 
     try:
         cfg = load_config(spec, overrides, num_devices=jax.device_count())
     except ConfigError as e:
-        print(f"storm-jax train sft: config error: {e}", file=sys.stderr)
+        print(f"storm-jax train {recipe}: config error: {e}", file=sys.stderr)
+        return 2
+    if cfg.recipe != recipe:
+        print(f"storm-jax train {recipe}: the config's recipe is {cfg.recipe!r}", file=sys.stderr)
         return 2
     if print_only:
         print(cfg)
+        return 0
+    if recipe == "grpo":
+        from storm_jax.train.grpo import run_grpo
+
+        out = run_grpo(cfg)
+        curve = " ".join(f"{r:.2f}" for r in out["curve"])
+        print(f"done: step {out['step']} reward curve [{curve}]")
         return 0
     from storm_jax.train.sft import train_sft
 

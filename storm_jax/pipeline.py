@@ -1,0 +1,244 @@
+"""`storm-jax pipeline`: the whole STORM recipe at tiny scale, end to end.
+
+  1. SFT of a Qwen3 on tool-integrated trajectories          (storm_jax.train.sft.train_sft)
+  2. score the SFT model on held-out problems                 (rollouts + storm_jax.eval.score.score_samples)
+  3. GRPO with the execution pool in the loop                 (storm_jax.train.grpo.train_grpo)
+  4. score again, print the reward curve and a before/after table, save reward_curve.png
+
+Everything runs through the same modules the full-scale recipes use; only the config is small.
+Outputs land in <workdir>/{sft,grpo}/ plus <workdir>/report.md, report.json and reward_curve.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+USAGE = """usage: storm-jax pipeline [--config=FILE[:ARG]] [--config.KEY=VALUE ...]
+
+Runs SFT -> score -> GRPO -> score on the config's data (default: configs/storm_tiny.py, a tiny Qwen3 on the
+bundled synthetic problems, CPU, ~10 minutes) and writes a report, a reward curve PNG and checkpoints under
+config.workdir.
+"""
+
+
+def evaluate(
+    params: Any,
+    model_cfg: Any,
+    tokenizer: Any,
+    problems_path: str,
+    g: ml_collections.ConfigDict,
+    executor: Any,
+    *,
+    limit: int = 0,
+    samples: int = 1,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Roll out on held-out problems and score the completions with the offline scorer (protocol from g)."""
+    from storm_jax.data.benchmarks import read_rows
+    from storm_jax.eval.score import Completion, score_samples
+    from storm_jax.rewards import ScoringConfig
+    from storm_jax.sampling.rollout import RolloutRequest, rollout
+    from storm_jax.sampling.sampler import Sampler
+    from storm_jax.tokenizer import encode_prompt, eos_ids
+    from storm_jax.train.grpo import engine_config, rollout_config, rollout_stats
+
+    rows = read_rows(problems_path)
+    if limit:
+        rows = rows[:limit]
+    sys_msg = [{"role": "system", "content": g.system_prompt}] if g.system_prompt else []
+    reqs = [
+        RolloutRequest(
+            encode_prompt(
+                tokenizer,
+                sys_msg + [{"role": "user", "content": r.question}],
+                enable_thinking=g.enable_thinking,
+            ),
+            n=samples,
+            seed=seed + i,
+        )
+        for i, r in enumerate(rows)
+    ]
+    rcfg = rollout_config(g, eos_ids(tokenizer), greedy=samples == 1)
+    sampler = Sampler(params, model_cfg, engine_config(g))
+    trajs = rollout(params, model_cfg, tokenizer, reqs, rcfg, executor, sampler=sampler)
+    items = [(rows[t.group], Completion(rows[t.group].id, t.text, t.sample_index)) for t in trajs]
+    results = score_samples(items, g.protocol, "boxed", executor, ScoringConfig(eps=g.epsilon))
+    correct = np.array([r.correct for r in results], np.float32)
+    out = {"n": float(len(results)), "pass@1": float(correct.mean()) if len(correct) else 0.0}
+    out.update(rollout_stats(trajs))
+    failures: dict[str, int] = {}
+    for r in results:
+        if r.failure:
+            failures[r.failure] = failures.get(r.failure, 0) + 1
+    out["failures"] = failures  # type: ignore[assignment]
+    return out
+
+
+def ascii_curve(values: list[float], width: int = 40) -> str:
+    """A text sparkline of per-step values in [0, 1], one line per step."""
+    lines = []
+    for i, v in enumerate(values):
+        n = int(round(max(0.0, min(1.0, v)) * width))
+        lines.append(f"  step {i + 1:>3} | {'#' * n:<{width}} | {v:.3f}")
+    return "\n".join(lines)
+
+
+def save_plot(history: dict[str, list[float]], path: str) -> None:
+    """Reward mean and pass rate per GRPO step as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    steps = np.arange(1, len(history["reward"]) + 1)
+    ax.plot(steps, history["reward"], marker="o", label="reward mean")
+    ax.plot(steps, history["pass_rate"], marker="s", label="pass rate")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("per-step mean over G x problems")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("storm-jax pipeline: GRPO reward")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def report_table(before: dict, after: dict, protocol: str) -> str:
+    keys = [
+        (f"pass@1 ({protocol})", "pass@1", "{:.3f}"),
+        ("boxed answer share", "boxed_share", "{:.3f}"),
+        ("code blocks / sample", "code_blocks", "{:.2f}"),
+        ("tool error rate", "tool_error_rate", "{:.3f}"),
+        ("response tokens", "response_len", "{:.1f}"),
+        ("truncated share", "truncated_share", "{:.3f}"),
+    ]
+    lines = ["| metric | after SFT | after GRPO |", "|---|---|---|"]
+    for label, k, fmt in keys:
+        lines.append(f"| {label} | {fmt.format(before[k])} | {fmt.format(after[k])} |")
+    lines.append(f"| held-out problems | {int(before['n'])} | {int(after['n'])} |")
+    return "\n".join(lines)
+
+
+def run_pipeline(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any]:
+    """SFT -> score -> GRPO -> score as configured; returns the report dict."""
+    from storm_jax.config import save_config
+    from storm_jax.execution.pool import ExecutionConfig, ExecutionPool
+    from storm_jax.tokenizer import load_tokenizer
+    from storm_jax.train.grpo import train_grpo
+    from storm_jax.train.sft import train_sft
+
+    t_start = time.perf_counter()
+    workdir = cfg.workdir
+    os.makedirs(workdir, exist_ok=True)
+    save_config(cfg, workdir)
+    g = cfg.grpo
+
+    def stage(name: str, recipe: str) -> ml_collections.ConfigDict:
+        c = copy.deepcopy(cfg)
+        c.unlock()
+        c.workdir = os.path.join(workdir, name)
+        c.recipe = recipe
+        return c
+
+    echo("== 1/4 SFT on tool-integrated trajectories ==")
+    t0 = time.perf_counter()
+    sft = train_sft(stage("sft", "sft"), echo=echo)
+    t_sft = time.perf_counter() - t0
+    run = sft["run"]
+    params = sft["state"].params
+    tokenizer = load_tokenizer(cfg.data.tokenizer_path or cfg.init_from_hf or None)
+    exec_cfg = ExecutionConfig(wall_s=g.exec_timeout_s, cpu_s=g.exec_timeout_s)
+    with ExecutionPool(num_workers=g.exec_workers, config=exec_cfg) as pool:
+        echo(f"== 2/4 score the SFT model on {g.eval_path} ==")
+        t0 = time.perf_counter()
+        ev = dict(limit=g.eval_problems, samples=g.eval_samples, seed=cfg.seed)
+        before = evaluate(params, run.model_cfg, tokenizer, g.eval_path, g, pool, **ev)
+        t_eval = time.perf_counter() - t0
+        echo(f"   pass@1 {before['pass@1']:.3f} over {int(before['n'])} samples")
+        echo("== 3/4 GRPO with the execution pool in the loop ==")
+        t0 = time.perf_counter()
+        grpo = train_grpo(
+            stage("grpo", "grpo"), model_cfg=run.model_cfg, params=params, mesh_rules=run.mesh_rules,
+            tokenizer=tokenizer, executor=pool, echo=echo,
+        )  # fmt: skip
+        t_grpo = time.perf_counter() - t0
+        echo("== 4/4 score the GRPO model ==")
+        t0 = time.perf_counter()
+        after = evaluate(grpo["params"], run.model_cfg, tokenizer, g.eval_path, g, pool, **ev)
+        t_eval += time.perf_counter() - t0
+    history = {"reward": grpo["curve"], "pass_rate": grpo["pass_curve"]}
+    plot = os.path.join(workdir, "reward_curve.png")
+    save_plot(history, plot)
+    table = report_table(before, after, g.protocol)
+    total = time.perf_counter() - t_start
+    timing = f"SFT {t_sft:.0f} s, GRPO {t_grpo:.0f} s, scoring {t_eval:.0f} s, total {total:.0f} s"
+    text = "\n".join(
+        [
+            "# storm-jax pipeline report",
+            "",
+            f"SFT: {cfg.train.steps} steps on {cfg.data.path}; final loss {sft['loss']:.4f}",
+            f"GRPO: {g.steps} steps x {g.problems_per_step} problems x {g.group_size} samples on {g.problems_path}",
+            "",
+            "## GRPO reward per step",
+            "",
+            "```",
+            ascii_curve(history["reward"]),
+            "```",
+            "",
+            "## Held-out scoring (before / after GRPO)",
+            "",
+            table,
+            "",
+            f"Time: {timing} (devices: {jax.device_count()} x {jax.devices()[0].platform})",
+        ]
+    )
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(text + "\n")
+    report = {"before": before, "after": after, "history": history, "sft_loss": sft["loss"], "seconds": total}
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    echo("")
+    echo(text)
+    echo(f"\nplot: {plot}\nreport: {os.path.join(workdir, 'report.md')}")
+    return report
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of `storm-jax pipeline`."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    from storm_jax.config import ConfigError, load_config, parse_argv
+
+    spec, overrides, other = parse_argv(argv)
+    if other:
+        print(f"storm-jax pipeline: unknown arguments {other}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(spec or DEFAULT_CONFIG, overrides, num_devices=jax.device_count())
+    except ConfigError as e:
+        print(f"storm-jax pipeline: config error: {e}", file=sys.stderr)
+        return 2
+    if cfg.recipe != "pipeline":
+        print(
+            f"storm-jax pipeline: the config's recipe is {cfg.recipe!r}, expected 'pipeline'", file=sys.stderr
+        )
+        return 2
+    run_pipeline(cfg)
+    return 0
+
+
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "storm_tiny.py"
+)
