@@ -32,7 +32,7 @@ import numpy as np
 from storm_jax.data.benchmarks import read_rows
 from storm_jax.execution.answers import Answer
 from storm_jax.models.qwen import ModelConfig
-from storm_jax.rewards import ScoringConfig, is_correct
+from storm_jax.rewards import DEFAULT_CONFIG, ScoringConfig, is_correct
 from storm_jax.sampling.rollout import RolloutConfig, RolloutRequest, Trajectory, rollout
 from storm_jax.sampling.sampler import EngineConfig, Sampler, SamplingParams
 from storm_jax.train import metrics as M
@@ -124,7 +124,7 @@ def compute_rewards(
     problems: Sequence[Problem],
     *,
     protocol: str = "storm",
-    scoring: ScoringConfig = ScoringConfig(),
+    scoring: ScoringConfig = DEFAULT_CONFIG,
     answer_from: str = "boxed",
     format_reward: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
