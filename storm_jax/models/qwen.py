@@ -95,7 +95,8 @@ class ModelConfig:
 
     def num_params(self) -> int:
         """Parameter count from the config alone (no arrays)."""
-        return sum(int(np.prod(s)) for s in jax.tree.leaves(param_shapes(self)))
+        shapes = jax.tree.leaves(param_shapes(self), is_leaf=lambda x: isinstance(x, tuple))
+        return sum(int(np.prod(s)) for s in shapes)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training (forward + backward) FLOPs per token: 6 x matmul params + causal attention scores.
