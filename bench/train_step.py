@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--remat", default="none")
-    ap.add_argument("--chunk", type=int, default=128, help="logprob time chunk (0 = full logits)")
+    ap.add_argument("--chunk", type=int, default=0, help="logprob time chunk (0 = full logits, as torch)")
     ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args(argv)
     res = {"jax": jax_bench(a.seq, a.batch, a.steps, a.remat, a.chunk)}
