@@ -78,7 +78,7 @@ def test_unknown_key_in_file(tmp_path):
 
 
 def test_save_and_reload_roundtrip(tmp_path):
-    cfg = load_config("configs/tiny_cpu.py", ["optim.lr=0.5"], num_devices=4)
+    cfg = load_config("configs/tiny_cpu.py", ["optim.lr=0.5"], num_devices=2)
     path = save_config(cfg, tmp_path)
     assert json.loads(path.read_text())["optim"]["lr"] == 0.5
     back = config_from_json(path)
