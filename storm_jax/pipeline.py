@@ -71,7 +71,7 @@ def evaluate(
     sampler = Sampler(params, model_cfg, engine_config(g))
     trajs = rollout(params, model_cfg, tokenizer, reqs, rcfg, executor, sampler=sampler)
     items = [(rows[t.group], Completion(rows[t.group].id, t.text, t.sample_index)) for t in trajs]
-    results = score_samples(items, g.protocol, "boxed", executor, ScoringConfig(eps=g.epsilon))
+    results = score_samples(items, g.protocol, g.answer_from, executor, ScoringConfig(eps=g.epsilon))
     correct = np.array([r.correct for r in results], np.float32)
     out = {"n": float(len(results)), "pass@1": float(correct.mean()) if len(correct) else 0.0}
     out.update(rollout_stats(trajs))
