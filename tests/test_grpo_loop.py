@@ -131,4 +131,5 @@ def test_sampler_and_trainer_logprobs_agree_fp32():
     m = b["loss_mask"] > 0
     assert m.sum() > 50
     err = np.abs(np.asarray(lp)[m] - b["old_logprobs"][m]).max()
+    print("max |sampler - trainer| log-prob:", err)
     assert err <= 1e-4, err
