@@ -11,8 +11,14 @@ import sys
 
 # name -> (module, one-line help). Modules parse their own arguments.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("storm_jax.sampling.generate_cli", "sample completions (optionally with tool use) from a checkpoint"),
-    "convert": ("storm_jax.models.convert_cli", "convert an HF checkpoint directory <-> an Orbax params checkpoint"),
+    "generate": (
+        "storm_jax.sampling.generate_cli",
+        "sample completions (optionally with tool use) from a checkpoint",
+    ),
+    "convert": (
+        "storm_jax.models.convert_cli",
+        "convert an HF checkpoint directory <-> an Orbax params checkpoint",
+    ),
     "score": ("storm_jax.eval.score", "score a completions JSONL on the OR benchmarks (pass@1/pass@k/maj)"),
     "synth": ("storm_jax.data.synth.cli", "generate verified synthetic OR problems and gold trajectories"),
     "sft-data": ("storm_jax.data.pipeline", "check an SFT JSONL: bad rows, token counts, packing efficiency"),
@@ -46,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name == module_name:
-            print(f"storm-jax: command {name!r} is not available in this build ({module_name} missing)", file=sys.stderr)
+            print(
+                f"storm-jax: command {name!r} is not available in this build ({module_name} missing)",
+                file=sys.stderr,
+            )
             return 2
         raise
     return int(module.main(rest) or 0)

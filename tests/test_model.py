@@ -17,12 +17,12 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from storm_jax.models.hf import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
-from storm_jax.models.qwen import forward, init_cache, param_logical_axes
+from storm_jax.models.qwen import forward, init_cache, param_logical_axes, unstack_layers
 from storm_jax.parallel import MeshRules, make_mesh
 from storm_jax.parallel.mesh import tree_shardings
 
 # One compiled forward per (config, shape); eager scan would re-trace on every call.
-_fwd = jax.jit(forward, static_argnames=("cfg", "mesh_rules", "return_hidden"))
+_fwd = jax.jit(forward, static_argnames=("cfg", "mesh_rules", "return_hidden", "attend_len"))
 
 # (name, model_type, vocab, hidden, heads, kv_heads, head_dim, tied, extra)
 CONFIGS = [
@@ -176,6 +176,31 @@ def test_kv_cache_rows_at_different_lengths(hf_pair):
     np.testing.assert_allclose(np.asarray(logits)[1, 0], np.asarray(full_b)[0, -1], atol=1e-5, rtol=0)
 
 
+def test_unstacked_layers_and_attend_len_match_stacked(hf_pair):
+    """The decode layout (per-layer params, Python loop) and a shorter attention window give the same logits and
+    cache as the stacked scan over the full cache; the window bounds which positions are read, not the result."""
+    model, cfg, params, _ = hf_pair
+    flat = unstack_layers(params)
+    assert isinstance(flat["layers"], tuple) and len(flat["layers"]) == cfg.num_layers
+    tokens = jnp.asarray(np.random.RandomState(7).randint(0, cfg.vocab_size, (2, 9)))
+    full, _ = _fwd(params, tokens, cfg=cfg)
+    full_u, _ = _fwd(flat, tokens, cfg=cfg)
+    np.testing.assert_allclose(np.asarray(full_u), np.asarray(full), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.asarray(full_u), _hf_logits(model, np.asarray(tokens)), atol=1e-4, rtol=0)
+    c_ref = init_cache(cfg, 2, 32)
+    c_new = init_cache(cfg, 2, 32)
+    _, c_ref = _fwd(params, tokens[:, :6], cfg=cfg, kv_cache=c_ref)
+    _, c_new = _fwd(flat, tokens[:, :6], cfg=cfg, kv_cache=c_new, attend_len=8)
+    for t in range(6, 9):
+        l_ref, c_ref = _fwd(params, tokens[:, t : t + 1], cfg=cfg, kv_cache=c_ref)
+        l_new, c_new = _fwd(flat, tokens[:, t : t + 1], cfg=cfg, kv_cache=c_new, attend_len=16)
+        np.testing.assert_allclose(np.asarray(l_new), np.asarray(l_ref), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(np.asarray(l_new)[:, 0], np.asarray(full)[:, t], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(c_new.k), np.asarray(c_ref.k), atol=1e-6, rtol=0)
+    # positions beyond the filled length stay zero: nothing was written past a row's length
+    assert not np.asarray(c_new.k)[:, :, :, 9:].any()
+
+
 def test_bf16_compute_close_to_hf_fp32(hf_pair):
     """bf16 matmuls with fp32 norms/softmax: stated tolerance 0.1 absolute on logits of magnitude ~1-3."""
     model, cfg, params, d = hf_pair
@@ -187,6 +212,13 @@ def test_bf16_compute_close_to_hf_fp32(hf_pair):
     err = np.abs(np.asarray(ours) - ref).max()
     assert err < 0.1, err
     assert np.asarray(ours).dtype == np.float32
+    # bf16 through the KV cache (prefill + one decode step, decode layout): same tolerance against HF fp32
+    cache = init_cache(cfg16, 2, 16)
+    flat = unstack_layers(params16)
+    _, cache = _fwd(flat, jnp.asarray(tokens[:, :8]), cfg=cfg16, kv_cache=cache)
+    step, _ = _fwd(flat, jnp.asarray(tokens[:, 8:]), cfg=cfg16, kv_cache=cache)
+    err = np.abs(np.asarray(step)[:, 0] - ref[:, 8]).max()
+    assert err < 0.1, err
 
 
 def test_roundtrip_save_then_transformers_load(hf_pair, tmp_path):

@@ -148,7 +148,7 @@ def test_truncated_sampling_distribution_chi_square(temperature, top_k, top_p, m
         B = keys.shape[0]
         full = lambda v, dt: jnp.full((B,), v, dt)  # noqa: E731
         tok, _, lp = S.sample_step(
-            jnp.broadcast_to(jnp.asarray(logits), (B, V)),
+            jnp.broadcast_to(jnp.asarray(logits)[:, None], (V, B)),
             keys,
             full(5, jnp.int32),
             full(temperature, jnp.float32),
@@ -173,6 +173,50 @@ def test_truncated_sampling_distribution_chi_square(temperature, top_k, top_p, m
     plain = _processed_np(logits, temperature, 0, 1.0, 0.0)
     _, p_plain = scipy.stats.chisquare(counts, N * plain)
     assert p_plain < 1e-6
+
+
+@pytest.mark.parametrize("unstack", [True, False])
+def test_untied_head_and_layouts_match_teacher_forcing(unstack):
+    """Untied vocabulary projection (the sampler's [V, D] copy) and both layer layouts: greedy tokens are the
+    argmax and raw log-probs the log-softmax of a plain teacher-forced forward over the finished sequence."""
+    from storm_jax.models.qwen import ModelConfig, init_params
+
+    cfg = ModelConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        head_dim=8, tie_word_embeddings=False,
+    )  # fmt: skip
+    params = init_params(cfg, jax.random.PRNGKey(4), std=0.3)
+    eng = EngineConfig(num_slots=2, max_len=48, chunk_size=8, min_bucket=8, max_bucket=16, min_window=16,
+                       unstack_layers=unstack)  # fmt: skip
+    prompts = [[5, 17, 250, 3], [9, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11]]
+    got = Sampler(params, cfg, eng).run([Request(p, SamplingParams(max_new_tokens=30)) for p in prompts])
+    for p, g in zip(prompts, got):
+        seq = g[0]
+        logits = np.asarray(forward(params, jnp.asarray([seq.full]), cfg)[0][0], np.float64)
+        rows = logits[len(p) - 1 : len(seq.full) - 1]
+        assert seq.tokens == rows.argmax(-1).tolist()
+        m = rows.max(-1, keepdims=True)
+        lsm = rows - m - np.log(np.exp(rows - m).sum(-1, keepdims=True))
+        np.testing.assert_allclose(seq.logprobs_raw, lsm[np.arange(len(rows)), seq.tokens], atol=1e-4)
+
+
+@pytest.mark.parametrize("V", [97, 128, 151936])
+def test_argmax_logsumexp_equals_numpy(V):
+    """The blocked argmax picks the first maximum (ties included, vocab not a multiple of the block) and the
+    log-sum-exp is numpy's, columns as rows of a [V, B] matrix."""
+    rng = np.random.default_rng(V)
+    x = (rng.normal(size=(V, 6)) * 3).astype(np.float32)
+    x[V // 2, 1] = x[V - 1, 1] = x[:, 1].max() + 1.0  # tie: first index wins
+    x[:, 2] = 0.5  # all equal: index 0
+    x[V - 1, 3] = 50.0  # maximum in the last (partial) block
+    x[0, 4] = -np.inf  # masked entries are fine
+    best, lse = jax.jit(S.argmax_logsumexp)(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(best), np.argmax(x, axis=0))
+    assert int(best[1]) == V // 2 and int(best[2]) == 0 and int(best[3]) == V - 1
+    x64 = x.astype(np.float64)
+    m = x64.max(axis=0)
+    want = m + np.log(np.exp(x64 - m).sum(axis=0))
+    np.testing.assert_allclose(np.asarray(lse), want, rtol=1e-6, atol=1e-5)
 
 
 def test_stops_eos_token_sequence_and_string(hf_model):

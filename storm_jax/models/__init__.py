@@ -8,6 +8,7 @@ from storm_jax.models.qwen import (
     init_cache,
     init_params,
     param_logical_axes,
+    unstack_layers,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "init_cache",
     "init_params",
     "param_logical_axes",
+    "unstack_layers",
 ]

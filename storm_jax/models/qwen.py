@@ -213,8 +213,12 @@ def init_params(cfg: ModelConfig, key: jax.Array, std: float = 0.02) -> Params:
 class KVCache:
     """Preallocated per-layer keys/values plus how many positions of each row are filled.
 
-    k, v: [layers, batch, max_len, kv_heads, head_dim]; lengths: [batch] int32. A forward call with T new tokens
+    k, v: [layers, batch, kv_heads, max_len, head_dim]; lengths: [batch] int32. A forward call with T new tokens
     writes them at positions lengths[b] .. lengths[b]+T-1 and advances lengths by the number of valid tokens.
+    Heads come before positions so that decode attention reads each (row, head) as one contiguous [len, hd]
+    block (with positions first, XLA's CPU batched dot transposes the whole cache on every step).
+    k and v may also be tuples of per-layer [batch, kv_heads, max_len, head_dim] arrays (with per-layer params,
+    see `unstack_layers`): a decode loop then reads each layer's cache without slicing it out of the stack.
     """
 
     k: jax.Array
@@ -223,15 +227,35 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[2] if isinstance(self.k, (list, tuple)) else self.k.shape[3]
 
 
-CACHE_LOGICAL_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+CACHE_LOGICAL_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
+
+
+def cache_shape(cfg: ModelConfig, batch: int, max_len: int) -> tuple[int, ...]:
+    """Shape of the k (and v) arrays of a KVCache: [layers, batch, kv_heads, max_len, head_dim]."""
+    return (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+
+
+def unstack_layers(params: Params) -> Params:
+    """The same params with `layers` as a tuple of per-layer dicts instead of stacked arrays.
+
+    `forward` then runs the layers in a Python loop instead of `lax.scan`. Decoding wants this on CPU: inside a
+    scan XLA copies each layer's weights out of the stacked arrays before its matmuls (~40 % of a decode step
+    of the 100M model at batch 32), while separate arrays feed the matmuls directly. Costs one copy of the layer
+    weights and longer compiles; training keeps the stacked form.
+    """
+    layers = params["layers"]
+    if isinstance(layers, (list, tuple)):
+        return params
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return {**params, "layers": tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(n))}
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     """An empty cache for `batch` rows of up to `max_len` positions."""
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = cache_shape(cfg, batch, max_len)
     dtype = cfg.compute_dtype if dtype is None else dtype
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
@@ -297,17 +321,33 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def _attention(q, k, v, mask, cfg: ModelConfig):
-    """q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H,hd]. Softmax in fp32."""
+def _attention(q, k, v, mask, cfg: ModelConfig, cache_layout: bool = False):
+    """q [B,T,H,hd], k/v [B,S,K,hd] (or [B,K,S,hd] with cache_layout), mask [B,T,S] bool -> [B,T,H,hd].
+
+    Softmax in fp32."""
     B, T, H, hd = q.shape
-    K = k.shape[2]
+    K = k.shape[1] if cache_layout else k.shape[2]
+    kv = "bksd" if cache_layout else "bskd"
     qg = q.reshape(B, T, K, H // K, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    if cache_layout and T == 1:
+        # One query per row (decode): broadcast-multiply-reduce instead of batched matmuls. XLA's CPU backend
+        # fuses these loops with the read of the cache window, where [G, hd] x [hd, S] dots per (row, head)
+        # would first copy the window out of the cache and then run as many tiny matmuls.
+        q1 = qg[:, 0].astype(jnp.float32)  # [B, K, G, hd]
+        scores = jnp.sum(q1[:, :, :, None, :] * k[:, :, None, :, :].astype(jnp.float32), axis=-1)
+        scores = scores * (1.0 / math.sqrt(hd))  # [B, K, G, S]
+        scores = jnp.where(mask[:, 0, None, None, :], scores, _MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = jnp.sum(probs[..., None] * v[:, :, None, :, :].astype(jnp.float32), axis=-2)  # [B, K, G, hd]
+        return out.reshape(B, 1, H, hd).astype(q.dtype)
+    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / math.sqrt(hd))
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(B, T, H, hd).astype(q.dtype)
+    # Output as [b, k, g, t, d] then transposed: XLA's CPU dot has no bf16 x bf16 -> f32 kernel for the
+    # directly transposed output order with the cache layout.
+    out = jnp.einsum(f"bkgts,{kv}->bkgtd", probs, v, preferred_element_type=jnp.float32)
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd).astype(q.dtype)
 
 
 def _layer(x, lp, cos, sin, mask, cache_kv, write_pos, cfg: ModelConfig, mesh_rules):
@@ -331,15 +371,27 @@ def _layer(x, lp, cos, sin, mask, cache_kv, write_pos, cfg: ModelConfig, mesh_ru
     if cache_kv is None:
         keys, values, new_cache = k, v, None
     else:
-        kc, vc = cache_kv
+        # cache_kv = (k, v, layer): with `layer` an index, k/v are the whole stacked cache [L, B, K, S, hd] (the scan
+        # carry) and this layer's entries are written in place (carrying the cache as scan xs/ys instead would copy
+        # every layer's cache on every decode step); with `layer` None, k/v are this layer's own [B, K, S, hd].
+        kc, vc, layer = cache_kv
         B, T = write_pos.shape
         b_idx = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+        # Advanced indices around a slice: the update is indexed [B, T, K, hd], i.e. k as it is.
         # mode="drop": a write past the end of the cache is discarded instead of clobbering valid entries.
-        kc = kc.at[b_idx, write_pos].set(k.astype(kc.dtype), mode="drop")
-        vc = vc.at[b_idx, write_pos].set(v.astype(vc.dtype), mode="drop")
-        keys, values, new_cache = kc.astype(dt), vc.astype(dt), (kc, vc)
+        idx = (b_idx,) if layer is None else (jnp.broadcast_to(jnp.asarray(layer, jnp.int32), (B, T)), b_idx)
+        kc = kc.at[(*idx, slice(None), write_pos)].set(k.astype(kc.dtype), mode="drop")
+        vc = vc.at[(*idx, slice(None), write_pos)].set(v.astype(vc.dtype), mode="drop")
+        keys, values = kc, vc
+        if layer is not None:
+            keys = jax.lax.dynamic_index_in_dim(kc, layer, 0, keepdims=False)
+            values = jax.lax.dynamic_index_in_dim(vc, layer, 0, keepdims=False)
+        W = mask.shape[-1]  # attend to the first W positions only (the caller's static bound, <= max_len)
+        if W < keys.shape[2]:
+            keys, values = keys[:, :, :W], values[:, :, :W]
+        keys, values, new_cache = keys.astype(dt), values.astype(dt), (kc, vc)
 
-    attn = _attention(q, keys, values, mask, cfg)
+    attn = _attention(q, keys, values, mask, cfg, cache_layout=cache_kv is not None)
     x = x + jnp.einsum("bthk,hkd->btd", attn, lp["o"].astype(dt))
     x = constrain(x, ("batch", "length", "act_embed"), mesh_rules)
 
@@ -368,6 +420,7 @@ def forward(
     kv_cache: KVCache | None = None,
     mesh_rules: MeshRules | None = None,
     return_hidden: bool = False,
+    attend_len: int | None = None,
 ) -> tuple[jax.Array, KVCache | None]:
     """Logits [B, T, V] (fp32) for tokens [B, T], and the updated KV cache (None if none was given).
 
@@ -379,8 +432,14 @@ def forward(
     batching). New tokens must be right-padded; `segment_ids`/`attention_mask` mark which are valid, and
     only those advance `lengths`. Positions default to the cache index.
 
+    `attend_len` (static) limits attention to the first cache positions: the caller promises that every row's
+    lengths + T <= attend_len, and attention reads (and compiles for) that many positions instead of max_len.
+
     With `return_hidden`, returns the final-normed hidden states [B, T, D] instead of logits (so losses can
     chunk the vocabulary projection).
+
+    `params["layers"]` may be stacked arrays (run under `lax.scan`) or a tuple of per-layer dicts (a Python
+    loop, see `unstack_layers`); both give the same result.
     """
     B, T = tokens.shape
     if attention_mask is not None and segment_ids is not None:
@@ -406,28 +465,54 @@ def forward(
         write_pos = start[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
         if positions is None:
             positions = write_pos
-        S = kv_cache.max_len
+        S = kv_cache.max_len if attend_len is None else min(attend_len, kv_cache.max_len)
         mask = jnp.arange(S, dtype=jnp.int32)[None, None, :] <= write_pos[:, :, None]  # [B, T, S]
 
     cos, sin = rope_cos_sin(positions, cfg)
     x = params["embed"][tokens].astype(cfg.compute_dtype)
     x = constrain(x, ("batch", "length", "act_embed"), mesh_rules)
 
-    def body(carry, xs):
-        lp, ck, cv = xs
-        cache_kv = None if ck is None else (ck, cv)
-        y, new = _layer(carry, lp, cos, sin, mask, cache_kv, write_pos, cfg, mesh_rules)
-        return y, (None, None) if new is None else new
-
-    policy = _REMAT_POLICIES[cfg.remat]
-    if cfg.remat != "none":
-        body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-
+    layers = params["layers"]
+    unstacked = isinstance(layers, (list, tuple))
     if kv_cache is None:
-        x, _ = jax.lax.scan(lambda c, lp: body(c, (lp, None, None)), x, params["layers"])
+
+        def body(y, lp):
+            return _layer(y, lp, cos, sin, mask, None, None, cfg, mesh_rules)[0], None
+
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        if unstacked:
+            for lp in layers:
+                x, _ = body(x, lp)
+        else:
+            x, _ = jax.lax.scan(body, x, layers)
         new_cache = None
     else:
-        x, (ks, vs) = jax.lax.scan(body, x, (params["layers"], kv_cache.k, kv_cache.v))
+
+        def cached_body(carry, xs):
+            y, ks, vs = carry
+            lp, layer = xs
+            y, (ks, vs) = _layer(y, lp, cos, sin, mask, (ks, vs, layer), write_pos, cfg, mesh_rules)
+            return (y, ks, vs), None
+
+        if isinstance(kv_cache.k, (list, tuple)):  # one array per layer (see KVCache)
+            if not unstacked:
+                raise ValueError("a per-layer KV cache needs per-layer params (unstack_layers)")
+            ks, vs = list(kv_cache.k), list(kv_cache.v)
+            for i, lp in enumerate(layers):
+                x, (ks[i], vs[i]) = _layer(
+                    x, lp, cos, sin, mask, (ks[i], vs[i], None), write_pos, cfg, mesh_rules
+                )
+            ks, vs = tuple(ks), tuple(vs)
+        else:
+            carry = (x, kv_cache.k, kv_cache.v)
+            if unstacked:
+                for i, lp in enumerate(layers):
+                    carry, _ = cached_body(carry, (lp, i))
+            else:
+                layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+                carry, _ = jax.lax.scan(cached_body, carry, (layers, layer_ids))
+            x, ks, vs = carry
         n_valid = T if segment_ids is None else jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)
         new_cache = KVCache(ks, vs, kv_cache.lengths + n_valid)
 

@@ -41,7 +41,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from storm_jax.models.qwen import CACHE_LOGICAL_AXES, KVCache, ModelConfig, Params, forward
+from storm_jax.models.qwen import (
+    CACHE_LOGICAL_AXES,
+    KVCache,
+    ModelConfig,
+    Params,
+    cache_shape,
+    forward,
+    unstack_layers,
+)
 from storm_jax.parallel.mesh import MeshRules
 
 MAX_EOS = 8  # eos ids per request (padded with -1): a fixed shape keeps decode_chunk compiled once
@@ -91,6 +99,16 @@ class EngineConfig:
     max_bucket: int = 512  # ... up to here; longer prefills run in pieces of this size
     max_prefill_batch: int = 8  # slots prefilled per call (padded to a power of two)
     evict_paused: bool = True  # a paused request gives its slot to a queued one (re-prefilled on resume)
+    # Attention reads only the first `window` cache positions, a power of two >= min_window that covers the
+    # longest running row (one compiled decode per window size); min_window >= max_len turns this off.
+    min_window: int = 128
+    # Per-layer weight arrays (Python loop over layers) instead of the stacked scan: faster decode on CPU at the
+    # price of one copy of the layer weights (see models.qwen.unstack_layers).
+    unstack_layers: bool = True
+
+    def window(self, needed: int) -> int:
+        """Attention window covering `needed` cache positions."""
+        return min(self.max_len, max(self.min_window, _pow2_at_least(needed, 1 << 62)))
 
     def buckets(self) -> list[int]:
         out, b = [], self.min_bucket
@@ -179,32 +197,74 @@ def processed_logprobs(logits, temperature, top_k, top_p, min_p):
     return jax.nn.log_softmax(x, axis=-1)
 
 
-def sample_step(logits, keys, step, temperature, top_k, top_p, min_p, forced, use_forced):
-    """Next token [B], its raw log-prob and its sampling log-prob, for logits [B, V].
+_ARGMAX_BLOCK = 128
+
+
+def argmax_logsumexp(logits_t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """First index of the maximum and the log-sum-exp of every column of logits_t [V, B] (fp32).
+
+    Same result as `jnp.argmax(x, 0)` and `logsumexp(x, 0)`, written for XLA's CPU backend, where argmax over a
+    152k vocabulary is a slow variadic reduction (13 ms at batch 32, more than the rest of the sampling): the
+    maximum of blocks of 128 rows is a plain fast reduction, then only the first block holding the maximum is
+    searched. Columns (rather than rows) because XLA computes the vocabulary projection fastest as [V, B].
+    """
+    V, B = logits_t.shape
+    pad = (-V) % _ARGMAX_BLOCK
+    x = jnp.pad(logits_t, ((0, pad), (0, 0)), constant_values=-jnp.inf) if pad else logits_t
+    nb = x.shape[0] // _ARGMAX_BLOCK
+    blocks = x.reshape(nb, _ARGMAX_BLOCK, B)
+    block_max = jnp.max(blocks, axis=1)  # [nb, B]
+    m = jnp.max(block_max, axis=0)  # [B]
+    first = jnp.min(jnp.where(block_max == m, jnp.arange(nb, dtype=jnp.int32)[:, None], nb), axis=0)
+    first = jnp.minimum(first, nb - 1)  # all-NaN column: no block equals the max; stay in range
+    sub = blocks[first, :, jnp.arange(B)]  # [B, 128]
+    within = jnp.min(
+        jnp.where(sub == m[:, None], jnp.arange(_ARGMAX_BLOCK, dtype=jnp.int32)[None, :], _ARGMAX_BLOCK),
+        axis=1,
+    )
+    best = jnp.minimum(first * _ARGMAX_BLOCK + within, V - 1).astype(jnp.int32)
+    lse = m + jnp.log(jnp.sum(jnp.exp(logits_t - m[None, :]), axis=0))
+    return best, lse
+
+
+def sample_step(logits_t, keys, step, temperature, top_k, top_p, min_p, forced, use_forced):
+    """Next token [B], its raw log-prob and its sampling log-prob, for fp32 logits_t [V, B] (vocab first).
 
     keys [B, 2] uint32 are per-sequence base keys; `step` [B] is folded in. `forced` [B] replaces the
     sampled token where `use_forced`.
     """
-    raw = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logits_t = logits_t.astype(jnp.float32)
+    B = logits_t.shape[1]
     greedy = temperature <= 0
-    best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    best, lse = argmax_logsumexp(logits_t)
 
     def draw(key, s, row):
         return jax.random.categorical(jax.random.fold_in(key, s), row).astype(jnp.int32)
 
     def with_sampling(_):
-        lp = processed_logprobs(logits, temperature, top_k, top_p, min_p)
-        return lp, jax.vmap(draw)(keys, step, lp)
+        lp = processed_logprobs(logits_t.T, temperature, top_k, top_p, min_p)
+        tok = jnp.where(greedy, best, jax.vmap(draw)(keys, step, lp))
+        tok = jnp.where(use_forced, forced, tok).astype(jnp.int32)
+        return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
 
-    # An all-greedy batch skips the truncation and the [B, V] random draw (most of a CPU decode step).
-    lp, sampled = jax.lax.cond(jnp.any(~greedy), with_sampling, lambda _: (raw, best), None)
-    tok = jnp.where(greedy, best, sampled)
-    tok = jnp.where(use_forced, forced, tok).astype(jnp.int32)
-    raw_lp = jnp.take_along_axis(raw, tok[:, None], axis=-1)[:, 0]
-    samp_lp = jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
-    greedy_lp = jnp.where(tok == best, 0.0, -jnp.inf)
-    samp_lp = jnp.where(greedy, greedy_lp, samp_lp)
+    def greedy_only(_):
+        return jnp.where(use_forced, forced, best).astype(jnp.int32), jnp.zeros((B,), jnp.float32)
+
+    # An all-greedy batch skips the transpose, the truncation and the [B, V] random draw.
+    tok, samp_lp = jax.lax.cond(jnp.any(~greedy), with_sampling, greedy_only, None)
+    raw_lp = logits_t[tok, jnp.arange(B)] - lse
+    samp_lp = jnp.where(greedy, jnp.where(tok == best, 0.0, -jnp.inf), samp_lp)
     return tok, raw_lp, samp_lp
+
+
+def vocab_logits_t(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """fp32 logits [V, B] of final hidden states h [B, D] (vocabulary first: XLA's fastest CPU layout)."""
+    dt = cfg.compute_dtype
+    if cfg.tie_word_embeddings:
+        return jnp.einsum("vd,bd->vb", params["embed"].astype(dt), h, preferred_element_type=jnp.float32)
+    if "lm_head_vd" in params:  # [V, D] copy made by the Sampler: contracting the inner axis is ~2.5x faster
+        return jnp.einsum("vd,bd->vb", params["lm_head_vd"].astype(dt), h, preferred_element_type=jnp.float32)
+    return jnp.einsum("bd,dv->bv", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32).T
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -212,11 +272,28 @@ def sample_step(logits, keys, step, temperature, top_k, top_p, min_p, forced, us
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n_steps", "mesh_rules"), donate_argnums=(1, 2))
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "n_steps", "mesh_rules", "attend_len"), donate_argnums=(1, 2)
+)
 def decode_chunk(
-    params: Params, k, v, slots: dict, forced, n_forced, *, cfg: ModelConfig, n_steps: int, mesh_rules=None
+    params: Params,
+    k,
+    v,
+    slots: dict,
+    forced,
+    n_forced,
+    *,
+    cfg: ModelConfig,
+    n_steps: int,
+    mesh_rules=None,
+    attend_len: int | None = None,
 ):
     """Up to `n_steps` decode steps for every active slot, on device.
+
+    attend_len (static): the caller guarantees lengths + n_steps <= attend_len for every active slot, so the
+    whole chunk reads and writes only the first attend_len cache positions. That window is copied out of the
+    cache once, decoded on in place, and written back once per chunk: slicing it inside every step would copy
+    it out of the cache layer by layer on every token.
 
     slots: lengths, pending, active (bool), remaining, key [S,2], step, temperature, top_k, top_p, min_p,
     eos [S, MAX_EOS]. A slot stops on an eos id or when `remaining` hits 0. Returns (k, v, tokens [S, n],
@@ -235,17 +312,18 @@ def decode_chunk(
     def body(c):
         i, k, v, lengths, active, pending, remaining, step, n_out, hit_eos, ot, orw, osp = c
         cache = KVCache(k, v, lengths)
-        logits, cache = forward(
+        hidden, cache = forward(
             params,
             pending[:, None],
             cfg,
             segment_ids=active[:, None].astype(jnp.int32),
             kv_cache=cache,
             mesh_rules=mesh_rules,
+            return_hidden=True,
         )
         use_forced = i < n_forced
         tok, raw_lp, samp_lp = sample_step(
-            logits[:, 0],
+            vocab_logits_t(params, hidden[:, 0], cfg),
             slots["key"],
             step,
             slots["temperature"],
@@ -297,18 +375,43 @@ def decode_chunk(
         out_raw,
         out_samp,
     )
+    W = k.shape[3] if attend_len is None else min(attend_len, k.shape[3])
+    if isinstance(params["layers"], (list, tuple)):  # per-layer window arrays: no slicing inside the loop
+        init = (
+            init[0],
+            tuple(k[i, :, :, :W] for i in range(k.shape[0])),
+            tuple(v[i, :, :, :W] for i in range(k.shape[0])),
+        ) + init[3:]
+    elif W < k.shape[3]:
+        init = (init[0], k[:, :, :, :W], v[:, :, :, :W]) + init[3:]
     c = jax.lax.while_loop(cond, body, init)
-    return c[1], c[2], c[10], c[11], c[12], c[8], c[9]
+    kw, vw = c[1], c[2]
+    if isinstance(kw, tuple):
+        kw, vw = jnp.stack(kw), jnp.stack(vw)
+    if W < k.shape[3]:
+        kw = jax.lax.dynamic_update_slice_in_dim(k, kw, 0, axis=3)
+        vw = jax.lax.dynamic_update_slice_in_dim(v, vw, 0, axis=3)
+    return kw, vw, c[10], c[11], c[12], c[8], c[9]
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mesh_rules"), donate_argnums=(1, 2))
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh_rules", "attend_len"), donate_argnums=(1, 2))
 def prefill_rows(
-    params: Params, k, v, slot_idx, tokens, n_tokens, start, *, cfg: ModelConfig, mesh_rules=None
+    params: Params,
+    k,
+    v,
+    slot_idx,
+    tokens,
+    n_tokens,
+    start,
+    *,
+    cfg: ModelConfig,
+    mesh_rules=None,
+    attend_len: int | None = None,
 ):
     """Write tokens [P, T] (right-padded, n_tokens valid) into cache rows `slot_idx` [P] from `start` [P].
 
     Padding entries of slot_idx point past the last slot: their rows are computed on a clipped copy and the
-    writes are dropped.
+    writes are dropped. attend_len as in `decode_chunk` (start + T <= attend_len).
     """
     kk = jnp.take(k, slot_idx, axis=1, mode="clip")
     vv = jnp.take(v, slot_idx, axis=1, mode="clip")
@@ -323,6 +426,7 @@ def prefill_rows(
         kv_cache=KVCache(kk, vv, start),
         mesh_rules=mesh_rules,
         return_hidden=True,
+        attend_len=attend_len,
     )
     k = k.at[:, slot_idx].set(cache.k, mode="drop")
     v = v.at[:, slot_idx].set(cache.v, mode="drop")
@@ -390,9 +494,10 @@ class Sampler:
         mesh_rules: MeshRules | None = None,
         cache_dtype: Any = None,
     ):
-        self.params, self.cfg, self.engine, self.mesh_rules = params, cfg, engine, mesh_rules
+        self.cfg, self.engine, self.mesh_rules = cfg, engine, mesh_rules
+        self.params = params
         S, L = engine.num_slots, engine.max_len
-        shape = (cfg.num_layers, S, L, cfg.num_kv_heads, cfg.head_dim)
+        shape = cache_shape(cfg, S, L)
         dtype = cfg.compute_dtype if cache_dtype is None else cache_dtype
         if mesh_rules is not None:
             sh = mesh_rules.sharding(CACHE_LOGICAL_AXES, shape)
@@ -408,6 +513,20 @@ class Sampler:
             "prefill_tokens": 0,
             "evictions": 0,
         }
+
+    @property
+    def params(self) -> Params:
+        """The weights decoded with (per-layer arrays when engine.unstack_layers)."""
+        return self._params
+
+    @params.setter
+    def params(self, params: Params) -> None:
+        # A weight update (GRPO) sets new params here; they are re-laid out once, not on every decode call.
+        if self.engine.unstack_layers:
+            params = unstack_layers(params)
+            if "lm_head" in params:
+                params = {**params, "lm_head_vd": jnp.transpose(params["lm_head"])}
+        self._params = params
 
     # -- device calls ------------------------------------------------------------------------------------------
 
@@ -450,6 +569,7 @@ class Sampler:
                         start,
                         cfg=self.cfg,
                         mesh_rules=self.mesh_rules,
+                        attend_len=eng.window(int(start.max()) + b),
                     )
                     self.stats["prefill_calls"] += 1
                     self.stats["prefill_tokens"] += int(n.sum())
@@ -610,6 +730,7 @@ class Sampler:
                     continue
                 break
             slots, forced, n_forced = self._slot_arrays(slot_of, budget)
+            longest = max(int(self.lengths[s.slot]) for s in running)
             self.k, self.v, tok, raw, samp, n_out, hit_eos = decode_chunk(
                 self.params,
                 self.k,
@@ -620,6 +741,7 @@ class Sampler:
                 cfg=self.cfg,
                 n_steps=C,
                 mesh_rules=self.mesh_rules,
+                attend_len=eng.window(longest + C),
             )
             self.stats["decode_calls"] += 1
             tok, raw, samp, n_out, hit_eos = jax.device_get((tok, raw, samp, n_out, hit_eos))
@@ -735,7 +857,7 @@ class Sampler:
 
     def cache_rows(self, slot: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Host copy of the first n cache positions of a slot (tests compare it with a fresh prefill)."""
-        return np.asarray(self.k[:, slot, :n]), np.asarray(self.v[:, slot, :n])
+        return np.asarray(self.k[:, slot, :, :n]), np.asarray(self.v[:, slot, :, :n])
 
 
 def _first_prefix(tokens: list[int], decode, pred) -> int:
