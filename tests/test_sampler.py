@@ -269,6 +269,29 @@ def test_compilations_bounded_in_steady_state(hf_model):
     assert after["decode_chunk"] == before["decode_chunk"], (before, after)
 
 
+def test_attention_windows_same_tokens_and_bounded_compiles(hf_model):
+    """Decode reads a power-of-two window of the cache: results equal the full-cache decode while rows cross
+    window sizes, and there is at most one decode executable per window size (none new in steady state)."""
+    _, cfg, params, _ = hf_model
+    base = dict(num_slots=3, max_len=128, chunk_size=8, min_bucket=8, max_bucket=32, max_prefill_batch=4)
+    rng = np.random.default_rng(9)
+    sp = SamplingParams(temperature=0.9, top_k=20, max_new_tokens=70)
+    reqs = [Request(rng.integers(1, 96, size=k).tolist(), sp, n=2, seed=k) for k in (3, 30, 50)]
+    before = S.compile_counts()["decode_chunk"]
+    windowed = Sampler(params, cfg, EngineConfig(**base, min_window=16))
+    got = windowed.run(reqs)
+    after_first = S.compile_counts()["decode_chunk"]
+    assert after_first - before <= 4  # windows 16, 32, 64, 128
+    full = Sampler(params, cfg, EngineConfig(**base, min_window=128)).run(reqs)
+    for g, f in zip(got, full):
+        for a, b in zip(g, f):
+            assert a.tokens == b.tokens
+            np.testing.assert_allclose(a.logprobs_raw, b.logprobs_raw, atol=1e-5)
+    settled = S.compile_counts()["decode_chunk"]
+    windowed.run([Request(rng.integers(1, 96, size=k).tolist(), sp, seed=k) for k in (7, 44, 12, 60)])
+    assert S.compile_counts()["decode_chunk"] == settled
+
+
 def test_sharded_cache_and_params_match_unsharded(hf_model):
     """8 fake devices: params sharded (fsdp x tensor), cache rows over (data, fsdp), kv heads over tensor."""
     from storm_jax.models.qwen import param_logical_axes
