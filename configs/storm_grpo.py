@@ -91,8 +91,8 @@ def tiny(c) -> None:
     g.minibatch_size = 0
     g.temperature = 1.0
     g.top_p = 1.0
-    g.max_response_tokens = 192
-    g.max_len = 384
+    g.max_response_tokens = 384  # bundled arith responses: p90 355 tokens (code + output + answer)
+    g.max_len = 512
     g.kl_beta = 0.0
     g.num_slots = 16
     g.decode_chunk = 16

@@ -21,8 +21,11 @@ def get_config(arg: str | None = None):
     c.data.eval_path = ""  # the pipeline scores held-out problems instead of an eval loss
     c.train.eval_every = 0
     c.train.steps = 150
-    c.data.batch_size = 4
-    c.data.seq_len = 256
+    # 512 positions hold every bundled trajectory but the longest few (prompt + response: median 269 tokens,
+    # p90 401): shorter rows would cut most trajectories before their answer.
+    c.data.batch_size = 2
+    c.data.seq_len = 512
+    c.data.enable_thinking = False  # the arith trajectories have no thinking; GRPO prompts the same way
     c.train.logprob_chunk = 64
     c.train.log_every = 25
     c.checkpoint.save_every = 150
@@ -31,6 +34,10 @@ def get_config(arg: str | None = None):
     g = c.grpo
     g.lr = 2e-5
     g.steps = 8
+    # Responses (code, its output and the answer) run to 355 tokens at p90: a budget below that truncates most
+    # correct trajectories, and a truncated one earns no reward.
+    g.max_response_tokens = 384
+    g.max_len = 512
     g.eval_path = str(_RES / "arith" / "heldout.problems.jsonl")
     g.eval_problems = 32
     g.eval_samples = 1

@@ -352,6 +352,14 @@ def validate(
         fail("recipe", f"{cfg.recipe!r} is not a known recipe (sft, grpo, pipeline)")
     if cfg.recipe in ("grpo", "pipeline"):
         _validate_grpo(cfg.grpo, fail)
+    if cfg.recipe == "pipeline" and bool(cfg.grpo.enable_thinking) != bool(cfg.data.enable_thinking):
+        # The SFT'd policy must be prompted as it was trained: an open <think> block in one stage and a closed
+        # one in the other puts every GRPO and scoring prompt out of distribution.
+        fail(
+            "grpo.enable_thinking",
+            f"{cfg.grpo.enable_thinking} differs from data.enable_thinking={cfg.data.enable_thinking}; "
+            "the pipeline's SFT and GRPO stages must render prompts the same way",
+        )
     try:
         model_config(cfg)
     except (ValueError, TypeError) as e:

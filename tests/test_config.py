@@ -67,6 +67,14 @@ def test_batch_must_divide_data_parallel_devices():
         load_config("configs/tiny_cpu.py", ["data.batch_size=4", "mesh.fsdp=8"], num_devices=8)
 
 
+def test_pipeline_sft_and_grpo_prompts_must_match():
+    """An SFT stage trained with an open <think> block and a GRPO stage prompting without it is refused."""
+    cfg = load_config("configs/storm_tiny.py", num_devices=1)
+    assert cfg.data.enable_thinking == cfg.grpo.enable_thinking
+    with pytest.raises(ConfigError, match="grpo.enable_thinking"):
+        load_config("configs/storm_tiny.py", ["data.enable_thinking=True"], num_devices=1)
+
+
 def test_unknown_key_in_file(tmp_path):
     f = tmp_path / "bad.py"
     f.write_text(

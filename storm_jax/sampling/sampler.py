@@ -1,6 +1,6 @@
 """Jitted sampler with continuous batching over a preallocated KV cache.
 
-Layout. The device holds the KV cache of `num_slots` rows ([layers, slots, max_len, kv_heads, head_dim], sharded
+Layout. The device holds the KV cache of `num_slots` rows ([layers, slots, kv_heads, max_len, head_dim], sharded
 like the model's cache); the host holds everything small (which request sits in which slot, the filled length
 of every row, sampling parameters) as numpy arrays and passes them in with each call, so a scheduling decision
 never needs a device round trip of its own.
@@ -17,6 +17,15 @@ length: a whole prompt for a new request, only the appended tool output for a re
 right-padded to a few bucket lengths (and groups of slots to a few batch sizes) so steady state never
 recompiles. n samples of one prompt share its prefill: later samples copy the cache rows of a slot that holds
 the prompt (`_copy_rows`) instead of recomputing it.
+
+Decode speed (measured on CPU, where every copy shows; see bench/sampler.py). The weights are decoded in a
+"decode layout" (`Sampler.params`): per-layer arrays instead of the stacked ones (XLA copies a layer's weights
+out of a stacked array inside a loop before using them) and, for an untied head, a [V, D] copy of the vocabulary
+projection. Each chunk attends to a window of the cache, the smallest power of two >= `min_window` covering
+every running row's length + chunk_size: the window is copied out of the cache once per chunk as one array per
+layer, decoded on in place, and written back, so attention cost follows the longest live sequence, not max_len.
+Logits are computed vocabulary-first ([V, B], XLA's fastest form of the projection) and the greedy token and
+log-sum-exp come from a blocked reduction instead of argmax (a slow variadic reduction on CPU).
 
 Randomness: token i of a sequence (i counts model-written tokens) is drawn with
 `fold_in(fold_in(PRNGKey(seed), sample_index), i)`, so a result depends on its seed only, not on which slot it
