@@ -534,7 +534,13 @@ class Sampler:
 
     @params.setter
     def params(self, params: Params) -> None:
-        # A weight update (GRPO) sets new params here; they are re-laid out once, not on every decode call.
+        # A weight update (GRPO) sets new params here; they are re-laid out once, not on every decode call
+        # (and not again when the same params object is set twice, as rollout() does with a given sampler).
+        leaves, treedef = jax.tree.flatten(params)
+        old = getattr(self, "_source", None)
+        if old is not None and old[1] == treedef and all(a is b for a, b in zip(leaves, old[0])):
+            return
+        self._source = (leaves, treedef)
         if self.engine.unstack_layers:
             params = unstack_layers(params)
             if "lm_head" in params:
