@@ -17,7 +17,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from storm_jax.models.hf import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
-from storm_jax.models.qwen import forward, init_cache, param_logical_axes, unstack_layers
+from storm_jax.models.qwen import KVCache, forward, init_cache, param_logical_axes, unstack_layers
 from storm_jax.parallel import MeshRules, make_mesh
 from storm_jax.parallel.mesh import tree_shardings
 
@@ -199,6 +199,33 @@ def test_unstacked_layers_and_attend_len_match_stacked(hf_pair):
     np.testing.assert_allclose(np.asarray(c_new.k), np.asarray(c_ref.k), atol=1e-6, rtol=0)
     # positions beyond the filled length stay zero: nothing was written past a row's length
     assert not np.asarray(c_new.k)[:, :, :, 9:].any()
+
+
+def test_transposed_key_cache_matches_standard(hf_pair):
+    """Per-layer caches with keys stored [B, K, hd, S] (the sampler's decode windows) give the same logits and
+    the same keys (transposed back) as the standard layout, for a multi-token step and single-token steps;
+    the layout is refused for a stacked cache."""
+    _, cfg, params, _ = hf_pair
+    flat = unstack_layers(params)
+    tokens = jnp.asarray(np.random.RandomState(8).randint(0, cfg.vocab_size, (2, 9)))
+    c_ref = init_cache(cfg, 2, 32)
+    _, c_ref = _fwd(params, tokens[:, :3], cfg=cfg, kv_cache=c_ref)
+    c_t = KVCache(
+        tuple(c_ref.k[i].transpose(0, 1, 3, 2) for i in range(cfg.num_layers)),
+        tuple(c_ref.v[i] for i in range(cfg.num_layers)),
+        c_ref.lengths,
+        keys_transposed=True,
+    )
+    for sl in (slice(3, 7), slice(7, 8), slice(8, 9)):  # 4 tokens at once (einsum path), then decode steps
+        l_ref, c_ref = _fwd(params, tokens[:, sl], cfg=cfg, kv_cache=c_ref)
+        l_t, c_t = _fwd(flat, tokens[:, sl], cfg=cfg, kv_cache=c_t, attend_len=16)
+        np.testing.assert_allclose(np.asarray(l_t), np.asarray(l_ref), atol=1e-5, rtol=0)
+    assert c_t.keys_transposed
+    keys = np.stack([np.asarray(a).transpose(0, 1, 3, 2) for a in c_t.k])
+    np.testing.assert_allclose(keys, np.asarray(c_ref.k), atol=1e-5, rtol=0)
+    stacked_t = KVCache(c_ref.k, c_ref.v, c_ref.lengths, keys_transposed=True)
+    with pytest.raises(ValueError, match="keys_transposed"):
+        _fwd(flat, tokens[:, :1], cfg=cfg, kv_cache=stacked_t)
 
 
 def test_bf16_compute_close_to_hf_fp32(hf_pair):

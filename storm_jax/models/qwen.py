@@ -219,15 +219,20 @@ class KVCache:
     block (with positions first, XLA's CPU batched dot transposes the whole cache on every step).
     k and v may also be tuples of per-layer [batch, kv_heads, max_len, head_dim] arrays (with per-layer params,
     see `unstack_layers`): a decode loop then reads each layer's cache without slicing it out of the stack.
+    With `keys_transposed` (per-layer tuples only) each layer's keys are [batch, kv_heads, head_dim, max_len]:
+    the sampler's decode windows use it because one query's scores then reduce over head_dim as whole vectors
+    of positions, not as short horizontal sums (~25% less attention time on XLA:CPU); values keep positions
+    before head_dim, which is already that shape for the probabilities x values product.
     """
 
     k: jax.Array
     v: jax.Array
     lengths: jax.Array
+    keys_transposed: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[2] if isinstance(self.k, (list, tuple)) else self.k.shape[3]
+        return self.v[0].shape[2] if isinstance(self.v, (list, tuple)) else self.v.shape[3]
 
 
 CACHE_LOGICAL_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
@@ -321,26 +326,28 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def _attention(q, k, v, mask, cfg: ModelConfig, cache_layout: bool = False):
+def _attention(q, k, v, mask, cfg: ModelConfig, cache_layout: bool = False, keys_transposed: bool = False):
     """q [B,T,H,hd], k/v [B,S,K,hd] (or [B,K,S,hd] with cache_layout), mask [B,T,S] bool -> [B,T,H,hd].
 
-    Softmax in fp32."""
+    With keys_transposed (cache layout only) k is [B,K,hd,S]. Softmax in fp32."""
     B, T, H, hd = q.shape
     K = k.shape[1] if cache_layout else k.shape[2]
     kv = "bksd" if cache_layout else "bskd"
     qg = q.reshape(B, T, K, H // K, hd)
     if cache_layout and T == 1:
-        # One query per row (decode): broadcast-multiply-reduce instead of batched matmuls. XLA's CPU backend
-        # fuses these loops with the read of the cache window, where [G, hd] x [hd, S] dots per (row, head)
-        # would first copy the window out of the cache and then run as many tiny matmuls.
+        # One query per row (decode): the scores as a broadcast-multiply-reduce, which XLA's CPU backend fuses
+        # with the read of the cache window; as [G, hd] x [hd, S] dots per (row, head) it would first copy the
+        # window out of the cache.
         q1 = qg[:, 0].astype(jnp.float32)  # [B, K, G, hd]
-        scores = jnp.sum(q1[:, :, :, None, :] * k[:, :, None, :, :].astype(jnp.float32), axis=-1)
-        scores = scores * (1.0 / math.sqrt(hd))  # [B, K, G, S]
-        scores = jnp.where(mask[:, 0, None, None, :], scores, _MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.sum(probs[..., None] * v[:, :, None, :, :].astype(jnp.float32), axis=-2)  # [B, K, G, hd]
-        return out.reshape(B, 1, H, hd).astype(q.dtype)
-    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
+        k32 = k[:, :, None].astype(jnp.float32)
+        if keys_transposed:
+            scores = jnp.sum(q1[:, :, :, :, None] * k32, axis=3)
+        else:
+            scores = jnp.sum(q1[:, :, :, None, :] * k32, axis=-1)
+        scores = scores[:, :, :, None, :]  # [B, K, G, 1, S]
+    else:
+        spec = "bkds" if keys_transposed else kv
+        scores = jnp.einsum(f"btkgd,{spec}->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores * (1.0 / math.sqrt(hd))
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -369,29 +376,31 @@ def _layer(x, lp, cos, sin, mask, cache_kv, write_pos, cfg: ModelConfig, mesh_ru
     v = constrain(v, ("batch", "length", "act_kv_heads", None), mesh_rules)
 
     if cache_kv is None:
-        keys, values, new_cache = k, v, None
+        keys, values, new_cache, keys_t = k, v, None, False
     else:
         # cache_kv = (k, v, layer): with `layer` an index, k/v are the whole stacked cache [L, B, K, S, hd] (the scan
         # carry) and this layer's entries are written in place (carrying the cache as scan xs/ys instead would copy
         # every layer's cache on every decode step); with `layer` None, k/v are this layer's own [B, K, S, hd].
-        kc, vc, layer = cache_kv
+        kc, vc, layer, keys_t = cache_kv
         B, T = write_pos.shape
         b_idx = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-        # Advanced indices around a slice: the update is indexed [B, T, K, hd], i.e. k as it is.
+        # Advanced indices around slices: the update is indexed [B, T, K, hd], i.e. k as it is.
         # mode="drop": a write past the end of the cache is discarded instead of clobbering valid entries.
         idx = (b_idx,) if layer is None else (jnp.broadcast_to(jnp.asarray(layer, jnp.int32), (B, T)), b_idx)
-        kc = kc.at[(*idx, slice(None), write_pos)].set(k.astype(kc.dtype), mode="drop")
+        k_idx = (*idx, slice(None), slice(None), write_pos) if keys_t else (*idx, slice(None), write_pos)
+        kc = kc.at[k_idx].set(k.astype(kc.dtype), mode="drop")
         vc = vc.at[(*idx, slice(None), write_pos)].set(v.astype(vc.dtype), mode="drop")
         keys, values = kc, vc
         if layer is not None:
             keys = jax.lax.dynamic_index_in_dim(kc, layer, 0, keepdims=False)
             values = jax.lax.dynamic_index_in_dim(vc, layer, 0, keepdims=False)
         W = mask.shape[-1]  # attend to the first W positions only (the caller's static bound, <= max_len)
-        if W < keys.shape[2]:
-            keys, values = keys[:, :, :W], values[:, :, :W]
+        if W < values.shape[2]:
+            keys = keys[..., :W] if keys_t else keys[:, :, :W]
+            values = values[:, :, :W]
         keys, values, new_cache = keys.astype(dt), values.astype(dt), (kc, vc)
 
-    attn = _attention(q, keys, values, mask, cfg, cache_layout=cache_kv is not None)
+    attn = _attention(q, keys, values, mask, cfg, cache_layout=cache_kv is not None, keys_transposed=keys_t)
     x = x + jnp.einsum("bthk,hkd->btd", attn, lp["o"].astype(dt))
     x = constrain(x, ("batch", "length", "act_embed"), mesh_rules)
 
@@ -492,19 +501,22 @@ def forward(
         def cached_body(carry, xs):
             y, ks, vs = carry
             lp, layer = xs
-            y, (ks, vs) = _layer(y, lp, cos, sin, mask, (ks, vs, layer), write_pos, cfg, mesh_rules)
+            y, (ks, vs) = _layer(y, lp, cos, sin, mask, (ks, vs, layer, False), write_pos, cfg, mesh_rules)
             return (y, ks, vs), None
 
+        keys_t = kv_cache.keys_transposed
         if isinstance(kv_cache.k, (list, tuple)):  # one array per layer (see KVCache)
             if not unstacked:
                 raise ValueError("a per-layer KV cache needs per-layer params (unstack_layers)")
             ks, vs = list(kv_cache.k), list(kv_cache.v)
             for i, lp in enumerate(layers):
                 x, (ks[i], vs[i]) = _layer(
-                    x, lp, cos, sin, mask, (ks[i], vs[i], None), write_pos, cfg, mesh_rules
+                    x, lp, cos, sin, mask, (ks[i], vs[i], None, keys_t), write_pos, cfg, mesh_rules
                 )
             ks, vs = tuple(ks), tuple(vs)
         else:
+            if keys_t:
+                raise ValueError("keys_transposed is for per-layer KV caches (tuples of arrays) only")
             carry = (x, kv_cache.k, kv_cache.v)
             if unstacked:
                 for i, lp in enumerate(layers):
@@ -514,7 +526,7 @@ def forward(
                 carry, _ = jax.lax.scan(cached_body, carry, (layers, layer_ids))
             x, ks, vs = carry
         n_valid = T if segment_ids is None else jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)
-        new_cache = KVCache(ks, vs, kv_cache.lengths + n_valid)
+        new_cache = KVCache(ks, vs, kv_cache.lengths + n_valid, keys_t)
 
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     if return_hidden:

@@ -21,8 +21,8 @@ the prompt (`_copy_rows`) instead of recomputing it.
 Decode speed (measured on CPU, where every copy shows; see bench/sampler.py). The weights are decoded in a
 "decode layout" (`Sampler.params`): per-layer arrays instead of the stacked ones (XLA copies a layer's weights
 out of a stacked array inside a loop before using them) and, for an untied head, a [V, D] copy of the vocabulary
-projection. Each chunk attends to a window of the cache, the smallest power of two >= `min_window` covering
-every running row's length + chunk_size: the window is copied out of the cache once per chunk as one array per
+projection. Each chunk attends to a window of the cache, the smallest 2^k or 1.5 * 2^k >= `min_window` covering
+every running row's length + chunk_size (keys transposed to [B, K, hd, W] for the chunk, see KVCache): the window is copied out of the cache once per chunk as one array per
 layer, decoded on in place, and written back, so attention cost follows the longest live sequence, not max_len.
 Logits are computed vocabulary-first ([V, B], XLA's fastest form of the projection) and the greedy token and
 log-sum-exp come from a blocked reduction instead of argmax (a slow variadic reduction on CPU).
@@ -108,8 +108,9 @@ class EngineConfig:
     max_bucket: int = 512  # ... up to here; longer prefills run in pieces of this size
     max_prefill_batch: int = 8  # slots prefilled per call (padded to a power of two)
     evict_paused: bool = True  # a paused request gives its slot to a queued one (re-prefilled on resume)
-    # Attention reads only the first `window` cache positions, a power of two >= min_window that covers the
-    # longest running row (one compiled decode per window size); min_window >= max_len turns this off.
+    # Attention reads only the first `window` cache positions: the smallest 2^k or 1.5 * 2^k >= min_window that
+    # covers the longest running row (one compiled decode per window size, two per doubling of the length:
+    # a window overshoots by 25 % at most, 17 % on average); min_window >= max_len turns this off.
     min_window: int = 128
     # Per-layer weight arrays (Python loop over layers) instead of the stacked scan: faster decode on CPU at the
     # price of one copy of the layer weights (see models.qwen.unstack_layers).
@@ -117,7 +118,9 @@ class EngineConfig:
 
     def window(self, needed: int) -> int:
         """Attention window covering `needed` cache positions."""
-        return min(self.max_len, max(self.min_window, _pow2_at_least(needed, 1 << 62)))
+        p = _pow2_at_least(needed, 1 << 62)
+        size = 3 * p // 4 if p >= 4 and 3 * p // 4 >= needed else p
+        return min(self.max_len, max(self.min_window, size))
 
     def buckets(self) -> list[int]:
         out, b = [], self.min_bucket
@@ -324,7 +327,7 @@ def decode_chunk(
 
     def body(c):
         i, k, v, lengths, active, pending, remaining, step, n_out, hit_eos, ot, orw, osp = c
-        cache = KVCache(k, v, lengths)
+        cache = KVCache(k, v, lengths, keys_transposed=isinstance(k, tuple))
         hidden, cache = forward(
             params,
             pending[:, None],
@@ -390,9 +393,11 @@ def decode_chunk(
     )
     W = k.shape[3] if attend_len is None else min(attend_len, k.shape[3])
     if isinstance(params["layers"], (list, tuple)):  # per-layer window arrays: no slicing inside the loop
+        # Keys as [B, K, hd, W] for the chunk (see KVCache.keys_transposed): transposed once per chunk here and
+        # back below, which costs far less than it saves over the chunk's steps.
         init = (
             init[0],
-            tuple(k[i, :, :, :W] for i in range(k.shape[0])),
+            tuple(k[i, :, :, :W].transpose(0, 1, 3, 2) for i in range(k.shape[0])),
             tuple(v[i, :, :, :W] for i in range(k.shape[0])),
         ) + init[3:]
     elif W < k.shape[3]:
@@ -400,7 +405,7 @@ def decode_chunk(
     c = jax.lax.while_loop(cond, body, init)
     kw, vw = c[1], c[2]
     if isinstance(kw, tuple):
-        kw, vw = jnp.stack(kw), jnp.stack(vw)
+        kw, vw = jnp.stack([a.transpose(0, 1, 3, 2) for a in kw]), jnp.stack(vw)
     if W < k.shape[3]:
         kw = jax.lax.dynamic_update_slice_in_dim(k, kw, 0, axis=3)
         vw = jax.lax.dynamic_update_slice_in_dim(v, vw, 0, axis=3)
