@@ -3,7 +3,8 @@
 Model: the ~100M Qwen3 anchor config (vocab 151,936 tied, hidden 512, 8 layers, 8/4 heads, head_dim 64, mlp 1536;
 /work/shared/anchors/common_cfg.py). Shapes as the anchor peer measurement (b2_hf_generate.py): 64-token random
 prompts, 256 new tokens, greedy, no early stop; batch 1, 8, 32. tok/s = batch * 256 / wall of the whole call
-(prefill included), median of --repeats timed runs after one warm-up run (which compiles).
+(prefill included), median of --repeats timed runs after one warm-up run (which compiles); the timed runs of
+transformers and storm_jax alternate, and the ratio of each pair is printed too.
 
     .venv/bin/python bench/sampler.py [--batches 1,8,32] [--repeats 3] [--chunk 64] [--tunix-python PY]
 
@@ -112,23 +113,28 @@ def main() -> int:
         def ours(sampler=sampler, reqs=reqs):
             return sampler.run(reqs)
 
-        timings = {}
-        outs = {}
-        for name, fn in (("transformers", hf), ("storm_jax", ours)):
+        # One untimed call each (compiles), then timed calls alternating between the two, so that a slow spell
+        # of the (shared) machine lands on both columns instead of on one of them.
+        fns = {"transformers": hf, "storm_jax": ours}
+        outs, firsts, ts = {}, {}, {name: [] for name in fns}
+        for name, fn in fns.items():
             t = time.perf_counter()
             outs[name] = fn()
-            first = time.perf_counter() - t
-            ts = []
-            for _ in range(args.repeats):
+            firsts[name] = time.perf_counter() - t
+        for _ in range(args.repeats):
+            for name, fn in fns.items():
                 t = time.perf_counter()
                 fn()
-                ts.append(time.perf_counter() - t)
-            timings[name] = statistics.median(ts)
+                ts[name].append(time.perf_counter() - t)
+        timings = {name: statistics.median(v) for name, v in ts.items()}
+        for name in fns:
             print(
-                f"B={B:2d} {name:12s}: first call {first:.1f}s, median {timings[name]:.2f}s {[round(x, 2) for x in ts]}"
-                f" -> {B * NEW / timings[name]:.1f} tok/s",
+                f"B={B:2d} {name:12s}: first call {firsts[name]:.1f}s, median {timings[name]:.2f}s "
+                f"{[round(x, 2) for x in ts[name]]} -> {B * NEW / timings[name]:.1f} tok/s",
                 flush=True,
             )
+        pair = [h / o for h, o in zip(ts["transformers"], ts["storm_jax"])]
+        print(f"B={B:2d} ratio of each alternating pair: {[round(x, 2) for x in pair]}", flush=True)
         hf_tok = outs["transformers"][:, PROMPT:].numpy()
         our_tok = np.array([g[0].tokens for g in outs["storm_jax"]])
         agree = float((hf_tok == our_tok).all(axis=1).mean())

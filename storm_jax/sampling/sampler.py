@@ -277,10 +277,18 @@ def vocab_logits_t(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
     """fp32 logits [V, B] of final hidden states h [B, D] (vocabulary first: XLA's fastest CPU layout)."""
     dt = cfg.compute_dtype
     if cfg.tie_word_embeddings:
-        return jnp.einsum("vd,bd->vb", params["embed"].astype(dt), h, preferred_element_type=jnp.float32)
-    if "lm_head_vd" in params:  # [V, D] copy made by the Sampler: contracting the inner axis is ~2.5x faster
-        return jnp.einsum("vd,bd->vb", params["lm_head_vd"].astype(dt), h, preferred_element_type=jnp.float32)
-    return jnp.einsum("bd,dv->bv", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32).T
+        w = params["embed"]
+    elif (
+        "lm_head_vd" in params
+    ):  # [V, D] copy made by the Sampler: contracting the inner axis is ~2.5x faster
+        w = params["lm_head_vd"]
+    else:
+        return jnp.einsum("bd,dv->bv", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32).T
+    if h.shape[0] > 1 and dt == jnp.float32 and w.dtype == jnp.float32 and jax.default_backend() == "cpu":
+        # The same products and sums as the einsum (bit-identical here), but XLA:CPU hands a multiply-reduce to a
+        # different library kernel: ~7 % faster per decode step at batch 8 and 32 (at batch 1 ~100x slower).
+        return jnp.sum(w[:, None, :] * h[None, :, :].astype(jnp.float32), axis=-1)
+    return jnp.einsum("vd,bd->vb", w.astype(dt), h, preferred_element_type=jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
