@@ -221,7 +221,7 @@ class KVCache:
     see `unstack_layers`): a decode loop then reads each layer's cache without slicing it out of the stack.
     With `keys_transposed` (per-layer tuples only) each layer's keys are [batch, kv_heads, head_dim, max_len]:
     the sampler's decode windows use it because one query's scores then reduce over head_dim as whole vectors
-    of positions, not as short horizontal sums (~25% less attention time on XLA:CPU); values keep positions
+    of positions, not as short horizontal sums (~15-30% less attention time on XLA:CPU); values keep positions
     before head_dim, which is already that shape for the probabilities x values product.
     """
 
@@ -378,9 +378,10 @@ def _layer(x, lp, cos, sin, mask, cache_kv, write_pos, cfg: ModelConfig, mesh_ru
     if cache_kv is None:
         keys, values, new_cache, keys_t = k, v, None, False
     else:
-        # cache_kv = (k, v, layer): with `layer` an index, k/v are the whole stacked cache [L, B, K, S, hd] (the scan
-        # carry) and this layer's entries are written in place (carrying the cache as scan xs/ys instead would copy
-        # every layer's cache on every decode step); with `layer` None, k/v are this layer's own [B, K, S, hd].
+        # cache_kv = (k, v, layer, keys_t): with `layer` an index, k/v are the whole stacked cache [L, B, K, S, hd]
+        # (the scan carry) and this layer's entries are written in place (carrying the cache as scan xs/ys instead
+        # would copy every layer's cache on every decode step); with `layer` None, k/v are this layer's own
+        # [B, K, S, hd] ([B, K, hd, S] keys with keys_t, see KVCache.keys_transposed).
         kc, vc, layer, keys_t = cache_kv
         B, T = write_pos.shape
         b_idx = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
