@@ -22,8 +22,9 @@ Decode speed (measured on CPU, where every copy shows; see bench/sampler.py). Th
 "decode layout" (`Sampler.params`): per-layer arrays instead of the stacked ones (XLA copies a layer's weights
 out of a stacked array inside a loop before using them) and, for an untied head, a [V, D] copy of the vocabulary
 projection. Each chunk attends to a window of the cache, the smallest 2^k or 1.5 * 2^k >= `min_window` covering
-every running row's length + chunk_size (keys transposed to [B, K, hd, W] for the chunk, see KVCache): the window is copied out of the cache once per chunk as one array per
-layer, decoded on in place, and written back, so attention cost follows the longest live sequence, not max_len.
+every running row's length + chunk_size: the window is copied out of the cache once per chunk as one array per
+layer (keys transposed to [B, K, hd, W], see KVCache.keys_transposed), decoded on in place, and written back, so
+attention cost follows the longest live sequence, not max_len.
 Logits are computed vocabulary-first ([V, B], XLA's fastest form of the projection) and the greedy token and
 log-sum-exp come from a blocked reduction instead of argmax (a slow variadic reduction on CPU).
 
@@ -276,11 +277,11 @@ def sample_step(logits_t, keys, step, temperature, top_k, top_p, min_p, forced, 
 def vocab_logits_t(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
     """fp32 logits [V, B] of final hidden states h [B, D] (vocabulary first: XLA's fastest CPU layout)."""
     dt = cfg.compute_dtype
+    # An untied head is used through the Sampler's [V, D] copy when there is one: contracting the inner axis is
+    # ~2.5x faster than the [D, V] checkpoint layout.
     if cfg.tie_word_embeddings:
         w = params["embed"]
-    elif (
-        "lm_head_vd" in params
-    ):  # [V, D] copy made by the Sampler: contracting the inner axis is ~2.5x faster
+    elif "lm_head_vd" in params:
         w = params["lm_head_vd"]
     else:
         return jnp.einsum("bd,dv->bv", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32).T
