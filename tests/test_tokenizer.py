@@ -52,8 +52,14 @@ OFFICIAL_IDS = {content: 151643 + i for i, (content, _) in enumerate(OFFICIAL_AD
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return T.load_tokenizer()
+def tok(tmp_path_factory):
+    """The tokenizer under test, built from the ranks file by the code under test into an empty cache.
+
+    Never the user's cache: a tokenizer.json written there by an older build would hide a build regression.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORM_CACHE_DIR", str(tmp_path_factory.mktemp("tokenizer_cache")))
+        return T.load_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +267,28 @@ def test_build_cache_is_created_atomically_and_rebuilt(tmp_path, monkeypatch):
     assert tok2.encode("Optimize 优化 x₁ ≤ 3 😀", add_special_tokens=False) == reference_ids
 
     print(f"first build {first:.2f}s")
+
+
+def test_cache_key_covers_the_build_code(tmp_path, monkeypatch):
+    """A change to the pre-tokenizer regex, the added tokens or a build function's source gives a new key."""
+    base = T.build_key()
+    assert T.build_key() == base  # deterministic
+    monkeypatch.setattr(T, "PRETOKENIZE_REGEX", T.PRETOKENIZE_REGEX.replace(r"\p{N}", r"\p{N}{1,3}", 1))
+    assert T.build_key() != base
+    monkeypatch.undo()
+    monkeypatch.setattr(T, "ADDED_TOKENS", T.ADDED_TOKENS[:-1])
+    assert T.build_key() != base
+    monkeypatch.undo()
+    # Source edits: the key hashes inspect.getsource of the build functions; simulate an edited file.
+    real = T.inspect.getsource
+    monkeypatch.setattr(
+        T.inspect, "getsource", lambda f: real(f) + ("# edited" if f is T.recover_merges else "")
+    )
+    assert T.build_key() != base
+    monkeypatch.undo()
+    ranks = tmp_path / "ranks.tiktoken"
+    ranks.write_bytes(T.ranks_path().read_bytes() + b"\n")
+    assert T.build_key(ranks) != base
 
 
 def test_unwritable_cache_falls_back_to_memory(tok, tmp_path, monkeypatch):
