@@ -107,6 +107,40 @@ def _processed_np(logits, temperature, top_k, top_p, min_p):
     return q / q.sum()
 
 
+@pytest.mark.parametrize("temperature", [0.4, 1.0, 1.7])
+def test_raw_and_tempered_logprobs_at_several_temperatures(hf_model, temperature):
+    """`logprobs_raw` is log softmax(logits) whatever the temperature; `logprobs_sampling` is log softmax of
+    logits / T (no top-k/top-p here, so that is the whole sampling distribution). At T != 1 the two differ, so
+    a swap of the two, or tempering the raw ones, fails."""
+    from tolerances import logits_depth, reorder_atol
+
+    _, cfg, params, prompts = hf_model
+    sp = SamplingParams(temperature=temperature, max_new_tokens=8)
+    got = Sampler(params, cfg, ENGINE).run([Request(p, sp, seed=3) for p in prompts[:2]])
+    max_gap = 0.0
+    for group in got:
+        seq = group[0]
+        full = jnp.asarray([seq.prompt + seq.tokens])
+        logits = np.asarray(forward(params, full, cfg)[0][0], np.float64)
+        P = len(seq.prompt)
+        rows = logits[P - 1 : P - 1 + len(seq.tokens)]
+        # log-softmax moves by at most twice the logits' error; the sampler and teacher forcing are two programs
+        # of the same fp32 computation (tests/tolerances.py), the tempered one is divided by T.
+        atol = 2 * reorder_atol(rows, logits_depth(cfg, len(full[0])))
+        for j, tok in enumerate(seq.tokens):
+            row = rows[j]
+            raw = row[tok] - row.max() - np.log(np.exp(row - row.max()).sum())
+            z = row / temperature
+            tempered = z[tok] - z.max() - np.log(np.exp(z - z.max()).sum())
+            assert abs(seq.logprobs_raw[j] - raw) <= atol, (j, seq.logprobs_raw[j], raw)
+            assert abs(seq.logprobs_sampling[j] - tempered) <= atol / min(temperature, 1.0), j
+            max_gap = max(max_gap, abs(raw - tempered))
+    if temperature != 1.0:
+        assert max_gap > 100 * atol  # the two really are different quantities here
+    else:
+        assert max_gap == 0.0
+
+
 def test_logprobs_equal_teacher_forcing_and_seed_reproducible(hf_model):
     _, cfg, params, prompts = hf_model
     sp = SamplingParams(temperature=0.8, top_k=30, top_p=0.9, max_new_tokens=NEW)
