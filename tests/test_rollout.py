@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import keys_depth, logits_depth, reorder_atol
 
 from storm_jax.data.format import Segment, code_segment, output_segment
 from storm_jax.models.qwen import ModelConfig, forward, init_cache, init_params
@@ -57,9 +58,13 @@ def _check_logprobs(params, traj):
     full = jnp.asarray([traj.prompt_ids + traj.response_ids])
     logp = np.asarray(jax.nn.log_softmax(forward(params, full, CFG)[0][0], axis=-1))
     P = len(traj.prompt_ids)
+    # rollout vs teacher forcing: one fp32 computation, two programs; log-softmax moves by at most twice the
+    # logits' error (tests/tolerances.py)
+    logits = np.asarray(forward(params, full, CFG)[0][0])
+    atol = 2 * reorder_atol(logits, logits_depth(CFG, full.shape[1]))
     for j, (t, m) in enumerate(zip(traj.response_ids, traj.loss_mask)):
         if m:
-            assert abs(traj.logprobs_raw[j] - logp[P + j - 1, t]) <= 1e-4, j
+            assert abs(traj.logprobs_raw[j] - logp[P + j - 1, t]) <= atol, j
         else:
             assert traj.logprobs_raw[j] == 0.0
 
@@ -108,8 +113,11 @@ def test_forced_tool_trajectory_with_real_pool(setup):
     seq = traj.prompt_ids + traj.response_ids[:-1]
     _, fresh = forward(params, jnp.asarray([seq]), CFG, kv_cache=init_cache(CFG, 1, len(seq)))
     k, v = sampler.cache_rows(0, len(seq))
-    np.testing.assert_allclose(k, np.asarray(fresh.k[:, 0]), atol=2e-5)
-    np.testing.assert_allclose(v, np.asarray(fresh.v[:, 0]), atol=2e-5)
+    atol = reorder_atol(fresh.k, keys_depth(CFG, len(seq)))  # the deepest (last) layer's bound covers all
+    np.testing.assert_allclose(k, np.asarray(fresh.k[:, 0]), atol=atol)
+    np.testing.assert_allclose(
+        v, np.asarray(fresh.v[:, 0]), atol=reorder_atol(fresh.v, keys_depth(CFG, len(seq)))
+    )
 
 
 class _SlowFailingExecutor:
