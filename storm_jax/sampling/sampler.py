@@ -36,13 +36,16 @@ Log-probs returned per model-written token: `logprobs_raw` = log_softmax(logits)
 truncation: what GRPO's old policy needs) and `logprobs_sampling` = the log-prob under the distribution actually
 sampled from (temperature, top-k, top-p, min-p applied and renormalised; 0 for greedy). Host-appended tokens
 (tool output) get 0 in both and loss-mask 0.
+
+Modules: requests.py (request types and host state), distribution.py (sampling math), engine.py (jitted
+prefill / decode / copy), this file (the host scheduler), storm_jax/models/head.py (vocabulary projection and
+decode weight layout).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,444 +54,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from storm_jax.models.qwen import (
-    CACHE_LOGICAL_AXES,
-    KVCache,
-    ModelConfig,
-    Params,
-    cache_shape,
-    forward,
-    unstack_layers,
-)
+from storm_jax.models.head import decode_layout, vocab_logits_t
+from storm_jax.models.qwen import CACHE_LOGICAL_AXES, ModelConfig, Params, cache_shape
 from storm_jax.parallel.mesh import MeshRules
-
-MAX_EOS = 8  # eos ids per request (padded with -1): a fixed shape keeps decode_chunk compiled once
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Configuration
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    """How one request is sampled. temperature <= 0 means greedy.
-
-    max_new_tokens bounds the whole response (model-written plus host-appended tokens). Truncation order as in
-    transformers: temperature, then top-k, then top-p (on the top-k-renormalised distribution), then min-p.
-    Stops: an id in `eos_ids` (kept in the output), a token sequence of `stop_token_seqs` or a string of
-    `stop_strings` (kept: generation ends with the token that completes it).
-    """
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    max_new_tokens: int = 256
-    eos_ids: tuple[int, ...] = ()
-    stop_token_seqs: tuple[tuple[int, ...], ...] = ()
-    stop_strings: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if len(self.eos_ids) > MAX_EOS:
-            raise ValueError(f"at most {MAX_EOS} eos ids, got {len(self.eos_ids)}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or self.min_p < 0 or self.max_new_tokens < 1:
-            raise ValueError("top_k and min_p must be >= 0 and max_new_tokens >= 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineConfig:
-    """Shapes of the sampler: these (and the model config) are all that compilation depends on."""
-
-    num_slots: int = 8
-    max_len: int = 2048  # cache positions per slot: prompt + response must fit
-    chunk_size: int = 32  # decode steps per device call
-    min_bucket: int = 16  # prefill lengths are padded to powers of two from here ...
-    max_bucket: int = 512  # ... up to here; longer prefills run in pieces of this size
-    max_prefill_batch: int = 8  # slots prefilled per call (padded to a power of two)
-    evict_paused: bool = True  # a paused request gives its slot to a queued one (re-prefilled on resume)
-    # Attention reads only the first `window` cache positions: the smallest 2^k or 1.5 * 2^k >= min_window that
-    # covers the longest running row (one compiled decode per window size, two per doubling of the length:
-    # a window overshoots by 25 % at most, 17 % on average); min_window >= max_len turns this off.
-    min_window: int = 128
-    # Per-layer weight arrays (Python loop over layers) instead of the stacked scan: faster decode on CPU at the
-    # price of one copy of the layer weights (see models.qwen.unstack_layers).
-    unstack_layers: bool = True
-
-    def window(self, needed: int) -> int:
-        """Attention window covering `needed` cache positions."""
-        p = _pow2_at_least(needed, 1 << 62)
-        size = 3 * p // 4 if p >= 4 and 3 * p // 4 >= needed else p
-        return min(self.max_len, max(self.min_window, size))
-
-    def buckets(self) -> list[int]:
-        out, b = [], self.min_bucket
-        while b < self.max_bucket:
-            out.append(b)
-            b *= 2
-        return out + [self.max_bucket]
-
-
-@dataclasses.dataclass
-class Request:
-    """One prompt to sample `n` times. `forced` (optional) is a stream of model-written ids the sampler emits
-    instead of sampling (teacher-forced generation for tests and replays); after it runs out, sampling resumes."""
-
-    prompt: Sequence[int]
-    params: SamplingParams = SamplingParams()
-    n: int = 1
-    seed: int = 0
-    forced: Sequence[int] | None = None
-
-
-@dataclasses.dataclass
-class Sequence_:
-    """Host state of one sample (request index `group`, sample `sample_index`) while and after it runs."""
-
-    uid: int
-    group: int
-    sample_index: int
-    prompt: list[int]
-    params: SamplingParams
-    key: np.ndarray  # uint32[2]
-    forced: list[int] | None = None
-    tokens: list[int] = dataclasses.field(default_factory=list)  # response ids (model + host)
-    loss_mask: list[int] = dataclasses.field(default_factory=list)
-    logprobs_raw: list[float] = dataclasses.field(default_factory=list)
-    logprobs_sampling: list[float] = dataclasses.field(default_factory=list)
-    n_model: int = 0  # model-written tokens so far (rng step, forced cursor)
-    turn_start: int = 0  # index in `tokens` where the current model-written run began
-    status: str = "queued"  # queued | running | paused | done
-    slot: int | None = None
-    cached: int = 0  # positions of prompt+tokens present in the slot's cache
-    stop_reason: str | None = None
-    future: Any = None  # pending tool call
-    info: dict = dataclasses.field(default_factory=dict)  # free for hooks (rollout bookkeeping)
-
-    @property
-    def full(self) -> list[int]:
-        return self.prompt + self.tokens
-
-    def turn_tokens(self) -> list[int]:
-        return self.tokens[self.turn_start :]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sampling math (pure, jitted inside decode_chunk; tested on its own)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def processed_logprobs(logits, temperature, top_k, top_p, min_p):
-    """Log-probs [B, V] of the distribution sampled from: logits/T, then top-k, top-p, min-p, renormalised.
-
-    Greedy rows (T <= 0) get the T=1 distribution here (the caller takes the argmax). Ties at a truncation
-    threshold are all kept.
-    """
-    logits = logits.astype(jnp.float32)
-    V = logits.shape[-1]
-    t = jnp.where(temperature > 0, temperature, 1.0)
-    x = logits / t[:, None]
-    need = jnp.any((top_k > 0) | (top_p < 1.0) | (min_p > 0.0))
-
-    def truncate(x):
-        srt = -jnp.sort(-x, axis=-1)  # descending
-        k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
-        kth = jnp.take_along_axis(srt, (k - 1)[:, None], axis=-1)  # [B,1]
-        srt_k = jnp.where(jnp.arange(V)[None, :] < k[:, None], srt, -jnp.inf)
-        p = jax.nn.softmax(srt_k, axis=-1)
-        before = jnp.cumsum(p, axis=-1) - p  # mass strictly above each sorted entry
-        n_keep = jnp.maximum(jnp.sum(before < top_p[:, None], axis=-1), 1)
-        pth = jnp.take_along_axis(srt, (n_keep - 1)[:, None], axis=-1)
-        # min-p: keep p >= min_p * p_max  <=>  x >= x_max + log(min_p)
-        mth = jnp.where(min_p > 0, srt[:, 0] + jnp.log(jnp.maximum(min_p, 1e-30)), -jnp.inf)[:, None]
-        thresh = jnp.maximum(jnp.maximum(kth, pth), mth)
-        return jnp.where(x >= thresh, x, -jnp.inf)
-
-    x = jax.lax.cond(need, truncate, lambda x: x, x)
-    return jax.nn.log_softmax(x, axis=-1)
-
-
-_ARGMAX_BLOCK = 128
-
-
-def argmax_logsumexp(logits_t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """First index of the maximum and the log-sum-exp of every column of logits_t [V, B] (fp32).
-
-    Same result as `jnp.argmax(x, 0)` and `logsumexp(x, 0)`, written for XLA's CPU backend, where argmax over a
-    152k vocabulary is a slow variadic reduction (13 ms at batch 32, more than the rest of the sampling): the
-    maximum of blocks of 128 rows is a plain fast reduction, then only the first block holding the maximum is
-    searched. Columns (rather than rows) because XLA computes the vocabulary projection fastest as [V, B].
-    """
-    V, B = logits_t.shape
-    pad = (-V) % _ARGMAX_BLOCK
-    x = jnp.pad(logits_t, ((0, pad), (0, 0)), constant_values=-jnp.inf) if pad else logits_t
-    nb = x.shape[0] // _ARGMAX_BLOCK
-    blocks = x.reshape(nb, _ARGMAX_BLOCK, B)
-    block_max = jnp.max(blocks, axis=1)  # [nb, B]
-    m = jnp.max(block_max, axis=0)  # [B]
-    first = jnp.min(jnp.where(block_max == m, jnp.arange(nb, dtype=jnp.int32)[:, None], nb), axis=0)
-    first = jnp.minimum(first, nb - 1)  # all-NaN column: no block equals the max; stay in range
-    sub = blocks[first, :, jnp.arange(B)]  # [B, 128]
-    within = jnp.min(
-        jnp.where(sub == m[:, None], jnp.arange(_ARGMAX_BLOCK, dtype=jnp.int32)[None, :], _ARGMAX_BLOCK),
-        axis=1,
-    )
-    best = jnp.minimum(first * _ARGMAX_BLOCK + within, V - 1).astype(jnp.int32)
-    if B <= 2:  # reducing one or two long columns is ~20x slower on XLA:CPU than the same data as rows
-        rows = logits_t.T
-        lse = m + jnp.log(jnp.sum(jnp.exp(rows - m[:, None]), axis=1))
-    else:
-        lse = m + jnp.log(jnp.sum(jnp.exp(logits_t - m[None, :]), axis=0))
-    return best, lse
-
-
-def sample_step(logits_t, keys, step, temperature, top_k, top_p, min_p, forced, use_forced):
-    """Next token [B], its raw log-prob and its sampling log-prob, for fp32 logits_t [V, B] (vocab first).
-
-    keys [B, 2] uint32 are per-sequence base keys; `step` [B] is folded in. `forced` [B] replaces the
-    sampled token where `use_forced`.
-    """
-    logits_t = logits_t.astype(jnp.float32)
-    B = logits_t.shape[1]
-    greedy = temperature <= 0
-    best, lse = argmax_logsumexp(logits_t)
-
-    def draw(key, s, row):
-        return jax.random.categorical(jax.random.fold_in(key, s), row).astype(jnp.int32)
-
-    def with_sampling(_):
-        lp = processed_logprobs(logits_t.T, temperature, top_k, top_p, min_p)
-        tok = jnp.where(greedy, best, jax.vmap(draw)(keys, step, lp))
-        tok = jnp.where(use_forced, forced, tok).astype(jnp.int32)
-        return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
-
-    def greedy_only(_):
-        return jnp.where(use_forced, forced, best).astype(jnp.int32), jnp.zeros((B,), jnp.float32)
-
-    # An all-greedy batch skips the transpose, the truncation and the [B, V] random draw.
-    tok, samp_lp = jax.lax.cond(jnp.any(~greedy), with_sampling, greedy_only, None)
-    raw_lp = logits_t[tok, jnp.arange(B)] - lse
-    samp_lp = jnp.where(greedy, jnp.where(tok == best, 0.0, -jnp.inf), samp_lp)
-    return tok, raw_lp, samp_lp
-
-
-def vocab_logits_t(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """fp32 logits [V, B] of final hidden states h [B, D] (vocabulary first: XLA's fastest CPU layout)."""
-    dt = cfg.compute_dtype
-    # An untied head is used through the Sampler's [V, D] copy when there is one: contracting the inner axis is
-    # ~2.5x faster than the [D, V] checkpoint layout.
-    if cfg.tie_word_embeddings:
-        w = params["embed"]
-    elif "lm_head_vd" in params:
-        w = params["lm_head_vd"]
-    else:
-        return jnp.einsum("bd,dv->bv", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32).T
-    if h.shape[0] > 1 and dt == jnp.float32 and w.dtype == jnp.float32 and jax.default_backend() == "cpu":
-        # The same products and sums as the einsum (bit-identical here), but XLA:CPU hands a multiply-reduce to a
-        # different library kernel: ~7 % faster per decode step at batch 8 and 32 (at batch 1 ~100x slower).
-        return jnp.sum(w[:, None, :] * h[None, :, :].astype(jnp.float32), axis=-1)
-    return jnp.einsum("vd,bd->vb", w.astype(dt), h, preferred_element_type=jnp.float32)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Device functions
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@functools.partial(
-    jax.jit, static_argnames=("cfg", "n_steps", "mesh_rules", "attend_len"), donate_argnums=(1, 2)
+from storm_jax.sampling.distribution import argmax_logsumexp, processed_logprobs, sample_step
+from storm_jax.sampling.engine import _copy_rows, compile_counts, decode_chunk, prefill_rows
+from storm_jax.sampling.requests import (
+    MAX_EOS,
+    EngineConfig,
+    Request,
+    SamplingParams,
+    Sequence_,
+    _pow2_at_least,
+    sequence_key,
 )
-def decode_chunk(
-    params: Params,
-    k,
-    v,
-    slots: dict,
-    forced,
-    n_forced,
-    *,
-    cfg: ModelConfig,
-    n_steps: int,
-    mesh_rules=None,
-    attend_len: int | None = None,
-):
-    """Up to `n_steps` decode steps for every active slot, on device.
-
-    attend_len (static): the caller guarantees lengths + n_steps <= attend_len for every active slot, so the
-    whole chunk reads and writes only the first attend_len cache positions. That window is copied out of the
-    cache once, decoded on in place, and written back once per chunk: slicing it inside every step would copy
-    it out of the cache layer by layer on every token.
-
-    slots: lengths, pending, active (bool), remaining, key [S,2], step, temperature, top_k, top_p, min_p,
-    eos [S, MAX_EOS]. A slot stops on an eos id or when `remaining` hits 0. Returns (k, v, tokens [S, n],
-    raw_lp [S, n], samp_lp [S, n], n_out [S], hit_eos [S]).
-    """
-    S = slots["pending"].shape[0]
-    f32 = jnp.float32
-    out_tok = jnp.zeros((S, n_steps), jnp.int32)
-    out_raw = jnp.zeros((S, n_steps), f32)
-    out_samp = jnp.zeros((S, n_steps), f32)
-
-    def cond(c):
-        i, active = c[0], c[4]
-        return (i < n_steps) & jnp.any(active)
-
-    def body(c):
-        i, k, v, lengths, active, pending, remaining, step, n_out, hit_eos, ot, orw, osp = c
-        cache = KVCache(k, v, lengths, keys_transposed=isinstance(k, tuple))
-        hidden, cache = forward(
-            params,
-            pending[:, None],
-            cfg,
-            segment_ids=active[:, None].astype(jnp.int32),
-            kv_cache=cache,
-            mesh_rules=mesh_rules,
-            return_hidden=True,
-        )
-        use_forced = i < n_forced
-        tok, raw_lp, samp_lp = sample_step(
-            vocab_logits_t(params, hidden[:, 0], cfg),
-            slots["key"],
-            step,
-            slots["temperature"],
-            slots["top_k"],
-            slots["top_p"],
-            slots["min_p"],
-            forced[:, jnp.minimum(i, forced.shape[1] - 1)],
-            use_forced,
-        )
-        ot = ot.at[:, i].set(jnp.where(active, tok, 0))
-        orw = orw.at[:, i].set(jnp.where(active, raw_lp, 0.0))
-        osp = osp.at[:, i].set(jnp.where(active, samp_lp, 0.0))
-        is_eos = jnp.any(tok[:, None] == slots["eos"], axis=-1) & active
-        remaining = remaining - active
-        n_out = n_out + active
-        step = step + active
-        pending = jnp.where(active, tok, pending)
-        hit_eos = hit_eos | is_eos
-        active = active & ~is_eos & (remaining > 0)
-        return (
-            i + 1,
-            cache.k,
-            cache.v,
-            cache.lengths,
-            active,
-            pending,
-            remaining,
-            step,
-            n_out,
-            hit_eos,
-            ot,
-            orw,
-            osp,
-        )
-
-    zeros = jnp.zeros((S,), jnp.int32)
-    init = (
-        jnp.int32(0),
-        k,
-        v,
-        slots["lengths"],
-        slots["active"],
-        slots["pending"],
-        slots["remaining"],
-        slots["step"],
-        zeros,
-        jnp.zeros((S,), bool),
-        out_tok,
-        out_raw,
-        out_samp,
-    )
-    W = k.shape[3] if attend_len is None else min(attend_len, k.shape[3])
-    if isinstance(params["layers"], (list, tuple)):  # per-layer window arrays: no slicing inside the loop
-        # Keys as [B, K, hd, W] for the chunk (see KVCache.keys_transposed): transposed once per chunk here and
-        # back below, which costs far less than it saves over the chunk's steps.
-        init = (
-            init[0],
-            tuple(k[i, :, :, :W].transpose(0, 1, 3, 2) for i in range(k.shape[0])),
-            tuple(v[i, :, :, :W] for i in range(k.shape[0])),
-        ) + init[3:]
-    elif W < k.shape[3]:
-        init = (init[0], k[:, :, :, :W], v[:, :, :, :W]) + init[3:]
-    c = jax.lax.while_loop(cond, body, init)
-    kw, vw = c[1], c[2]
-    if isinstance(kw, tuple):
-        kw, vw = jnp.stack([a.transpose(0, 1, 3, 2) for a in kw]), jnp.stack(vw)
-    if W < k.shape[3]:
-        kw = jax.lax.dynamic_update_slice_in_dim(k, kw, 0, axis=3)
-        vw = jax.lax.dynamic_update_slice_in_dim(v, vw, 0, axis=3)
-    return kw, vw, c[10], c[11], c[12], c[8], c[9]
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "mesh_rules", "attend_len"), donate_argnums=(1, 2))
-def prefill_rows(
-    params: Params,
-    k,
-    v,
-    slot_idx,
-    tokens,
-    n_tokens,
-    start,
-    *,
-    cfg: ModelConfig,
-    mesh_rules=None,
-    attend_len: int | None = None,
-):
-    """Write tokens [P, T] (right-padded, n_tokens valid) into cache rows `slot_idx` [P] from `start` [P].
-
-    Padding entries of slot_idx point past the last slot: their rows are computed on a clipped copy and the
-    writes are dropped. attend_len as in `decode_chunk` (start + T <= attend_len).
-    """
-    kk = jnp.take(k, slot_idx, axis=1, mode="clip")
-    vv = jnp.take(v, slot_idx, axis=1, mode="clip")
-    seg = (jnp.arange(tokens.shape[1])[None, :] < n_tokens[:, None]).astype(jnp.int32)
-    # return_hidden: the logits of a prefill are never needed (the last token stays pending), and [P, T, V]
-    # logits would dominate memory for a 152k vocabulary.
-    _, cache = forward(
-        params,
-        tokens,
-        cfg,
-        segment_ids=seg,
-        kv_cache=KVCache(kk, vv, start),
-        mesh_rules=mesh_rules,
-        return_hidden=True,
-        attend_len=attend_len,
-    )
-    k = k.at[:, slot_idx].set(cache.k, mode="drop")
-    v = v.at[:, slot_idx].set(cache.v, mode="drop")
-    return k, v
-
-
-@functools.partial(jax.jit, donate_argnums=(0, 1))
-def _copy_rows(k, v, src, dst):
-    """Copy cache rows src[i] -> dst[i] (shared prefill of n samples); dst past the end is dropped."""
-    k = k.at[:, dst].set(jnp.take(k, src, axis=1, mode="clip"), mode="drop")
-    v = v.at[:, dst].set(jnp.take(v, src, axis=1, mode="clip"), mode="drop")
-    return k, v
-
-
-def compile_counts() -> dict[str, int]:
-    """How many executables each jitted sampler function holds (tests keep these bounded)."""
-    return {
-        "decode_chunk": decode_chunk._cache_size(),
-        "prefill_rows": prefill_rows._cache_size(),
-        "copy_rows": _copy_rows._cache_size(),
-    }
-
-
-def _pow2_at_least(n: int, cap: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return min(p, cap)
-
-
-def sequence_key(seed: int, sample_index: int) -> np.ndarray:
-    """uint32[2] base key of sample `sample_index` of a request with `seed`."""
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), sample_index)
-    return np.asarray(jax.device_get(key), np.uint32)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Host scheduler
@@ -555,11 +134,7 @@ class Sampler:
         if old is not None and old[1] == treedef and all(a is b for a, b in zip(leaves, old[0])):
             return
         self._source = (leaves, treedef)
-        if self.engine.unstack_layers:
-            params = unstack_layers(params)
-            if "lm_head" in params:
-                params = {**params, "lm_head_vd": jnp.transpose(params["lm_head"])}
-        self._params = params
+        self._params = decode_layout(params, unstack=self.engine.unstack_layers)
 
     # -- device calls ------------------------------------------------------------------------------------------
 
@@ -929,3 +504,23 @@ def generate(
     sampler = Sampler(params, cfg, engine, mesh_rules=mesh_rules)
     reqs = [Request(prompt=list(p), params=params_, n=n, seed=seed + i) for i, p in enumerate(prompts)]
     return sampler.run(reqs, decode=decode)
+
+
+__all__ = [
+    "MAX_EOS",
+    "EngineConfig",
+    "Request",
+    "Sampler",
+    "SamplingParams",
+    "Sequence_",
+    "ToolHooks",
+    "argmax_logsumexp",
+    "compile_counts",
+    "decode_chunk",
+    "generate",
+    "prefill_rows",
+    "processed_logprobs",
+    "sample_step",
+    "sequence_key",
+    "vocab_logits_t",
+]

@@ -1,0 +1,49 @@
+"""The vocabulary projection and the decode layout of the weights, in one place.
+
+`logits_from_hidden` is the training / teacher-forcing form ([..., D] -> [..., V]); `vocab_logits_t` the
+decode form ([B, D] -> [V, B], vocabulary first, XLA's fastest CPU layout); `decode_layout` the weights as the
+sampler decodes with them (per-layer arrays and, for an untied head, a [V, D] copy of the projection).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from storm_jax.models.qwen import ModelConfig
+
+Params = dict[str, Any]
+
+
+def vocab_logits_t(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """fp32 logits [V, B] of final hidden states h [B, D] (vocabulary first: XLA's fastest CPU layout)."""
+    dt = cfg.compute_dtype
+    # An untied head is used through the Sampler's [V, D] copy when there is one: contracting the inner axis is
+    # ~2.5x faster than the [D, V] checkpoint layout.
+    if cfg.tie_word_embeddings:
+        w = params["embed"]
+    elif "lm_head_vd" in params:
+        w = params["lm_head_vd"]
+    else:
+        return jnp.einsum("bd,dv->bv", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32).T
+    if h.shape[0] > 1 and dt == jnp.float32 and w.dtype == jnp.float32 and jax.default_backend() == "cpu":
+        # The same products and sums as the einsum (bit-identical here), but XLA:CPU hands a multiply-reduce to a
+        # different library kernel: ~7 % faster per decode step at batch 8 and 32 (at batch 1 ~100x slower).
+        return jnp.sum(w[:, None, :] * h[None, :, :].astype(jnp.float32), axis=-1)
+    return jnp.einsum("vd,bd->vb", w.astype(dt), h, preferred_element_type=jnp.float32)
+
+
+def decode_layout(params: Params, *, unstack: bool = True) -> Params:
+    """Weights as the sampler decodes with them: per-layer arrays (XLA copies a layer's weights out of a stacked
+    array inside a loop before using them) and, for an untied head, a [V, D] copy of the projection."""
+    from storm_jax.models.qwen import unstack_layers
+
+    if not unstack:
+        return params
+    params = unstack_layers(params)
+    if "lm_head" in params:
+        params = {**params, "lm_head_vd": jnp.transpose(params["lm_head"])}
+    return params
