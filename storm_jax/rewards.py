@@ -231,7 +231,8 @@ def correct_arrays(
         elif protocol == "strict":
             ok = diff / (np.abs(t) + 1.0) <= config.strict_tol
         elif protocol == "orlm":
-            # np.rint rounds ties to even on the exact binary value, as Python's round(x) does.
+            # np.rint rounds ties to even on the exact binary value, as Python's round(x) does; below 2**53
+            # the float difference of two integers is exact, so this equals the scalar rule there.
             ra, rt = np.rint(a), np.rint(t)
             ok = np.where(rt == 0.0, np.abs(ra) <= config.orlm_rel, np.abs((ra - rt) / rt) <= config.orlm_rel)
         elif protocol == "round2":
