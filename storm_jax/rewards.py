@@ -15,7 +15,8 @@ orlm       ORLM's evaluation (Cardinal-Operations/ORLM, ``eval/execute.py``): A 
            ``--numerical_err_tolerance`` default)
 abs001     |a − t| < 0.01 (ORThought)
 round2     both rounded to 2 decimals, then |r(a) − r(t)| ≤ 5 %·|r(t)|, or r(a) = 0 when r(t) = 0 (this
-           project's earlier reading of ORLM's rule, kept for comparison with runs scored that way)
+           project's earlier reading of ORLM's rule, kept for comparison with runs scored that way; in
+           binary floats as before, so a difference of exactly 5 % in decimal may land either side)
 =========  ===========================================================================================
 
 Null ground truths, in every protocol: a truth labelled infeasible/unbounded is matched only by an
