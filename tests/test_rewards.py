@@ -215,6 +215,9 @@ def test_thresholds_against_reference(protocol, answer, truth, cfg, expected):
     )  # the reference agrees with the hand value
     assert is_correct(answer, truth, None, protocol, cfg) is expected
     assert bool(correct_batch([answer], [truth], [None], protocol, cfg)[0]) is expected
+    if protocol == "storm":  # the GRPO reward goes through the same rule
+        assert storm_reward(answer, truth, None, cfg) == float(expected)
+        assert storm_rewards([answer], [truth], [None], cfg)[0] == float(expected)
 
 
 def test_every_protocol_has_threshold_cases():
