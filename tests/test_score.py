@@ -482,3 +482,22 @@ def test_max_blocks_zero_is_recorded_as_boxed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("storm-jax score: ") and err.count("\n") == 1 and "executes no code" in err
     assert not (tmp_path / "cli2" / "run.json").exists()
+    # a rerun says how much it reused
+    assert sc.main(argv + ["--out", str(tmp_path / "cli"), "--answer-from", "boxed"]) == 0
+    assert "8 unchanged samples reused" in capsys.readouterr().err
+
+
+def test_score_module_keeps_its_names():
+    # score.py was split into modules; every name it exported before the split still imports from it
+    from storm_jax.eval import completions, metrics, report, scoring, store
+
+    for name, mod in [
+        ("Completion", completions), ("read_completions", completions), ("SampleResult", scoring),
+        ("Executor", scoring), ("classify", scoring), ("score_samples", scoring), ("ANSWER_MODES", scoring),
+        ("FAILURES", scoring), ("pass_at_k", metrics), ("majority_answer", metrics), ("summarize", metrics),
+        ("markdown_table", report), ("load_results", store), ("SAMPLES_FILE", store), ("SUMMARY_FILE", store),
+        ("TABLE_FILE", store), ("RUN_FILE", store),
+    ]:  # fmt: skip
+        assert getattr(sc, name) is getattr(mod, name), name
+    assert callable(sc.main) and callable(sc.score_completions) and callable(sc.build_parser)
+    assert sc._ERROR_STATUSES == ("error", "memory", "killed")

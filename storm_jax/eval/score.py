@@ -254,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"storm-jax score: {e}", file=sys.stderr)
         return 2
+    last = json.loads((Path(args.out) / RUN_FILE).read_text(encoding="utf-8"))["last_run"]
+    if last["reused"]:  # say so: a rerun that reused stored verdicts must not look like a fresh run
+        print(
+            f"storm-jax score: {last['reused']} unchanged samples reused from {Path(args.out) / SAMPLES_FILE}, "
+            f"{last['scored']} scored",
+            file=sys.stderr,
+        )
     print(markdown_table(summary), end="")
     return 0
 
