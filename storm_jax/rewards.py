@@ -1,4 +1,4 @@
-r"""The STORM reward and the scoring protocols (DESIGN.md §3), as pure functions.
+r"""The STORM reward and the scoring protocols, as pure functions.
 
 An answer is a float, ``"infeasible"``, ``"unbounded"`` or ``None`` (see `storm_jax.execution.answers`).
 A ground truth is a float, or ``None`` with a status ``"infeasible"`` / ``"unbounded"`` / ``"unknown"``.
@@ -9,16 +9,23 @@ Protocols (``a`` answer, ``t`` ground truth):
 storm      |a − t| ≤ ε·|t| when t ≠ 0, |a| ≤ ε_abs when t = 0 (ε = ε_abs = 1e-4 by default: the paper does
            not publish ε, these are guesses)
 strict     |a − t| / (|t| + 1) ≤ 1e-6 (SIRL, OptiMind)
-orlm       both rounded to `ndigits` (2) decimals, then |r(a) − r(t)| ≤ 5 %·|r(t)|, or r(a) = 0 when
-           r(t) = 0 (our reading of "round both, within 5 %")
+orlm       ORLM's evaluation (Cardinal-Operations/ORLM, ``eval/execute.py``): A = round(a) and
+           T = round(t), Python's ``round`` to the nearest integer (ties to even), then
+           |(A − T) / T| ≤ tol when T ≠ 0 and |A| ≤ tol when T = 0 (tol = 0.05, ORLM's
+           ``--numerical_err_tolerance`` default)
 abs001     |a − t| < 0.01 (ORThought)
+round2     both rounded to 2 decimals, then |r(a) − r(t)| ≤ 5 %·|r(t)|, or r(a) = 0 when r(t) = 0 (this
+           project's earlier reading of ORLM's rule, kept for comparison with runs scored that way; in
+           binary floats as before, so a difference of exactly 5 % in decimal may land either side)
 =========  ===========================================================================================
 
 Null ground truths, in every protocol: a truth labelled infeasible/unbounded is matched only by an
 explicit ``"infeasible"`` or ``"unbounded"`` answer. The benchmark sources do not tell infeasible from
 unbounded apart (README of the benchmarks: ``-99999`` / "No Best Solution" means either), so either status
-answer matches either status label unless ``match_status_exactly=True``. A truth of status ``"unknown"``
-is never matched (the scorer counts these rows separately). A numeric truth is never matched by a status.
+answer matches either status label unless ``match_status_exactly=True``. This is also ORLM's rule: its
+programs print "No Best Solution" whenever the solver stops without an optimum, and that string matches
+only a "No Best Solution" truth, which no number matches. A truth of status ``"unknown"`` is never matched
+(the scorer counts these rows separately). A numeric truth is never matched by a status.
 
 The batch variant (:func:`correct_batch` / :func:`correct_arrays`) is the same rule in numpy over
 encoded arrays; tests check both agree element by element.
@@ -44,7 +51,10 @@ DEFAULT_EPS_ABS = 1e-4
 
 @dataclasses.dataclass(frozen=True)
 class ScoringConfig:
-    """Tolerances of all protocols (defaults from DESIGN.md §3; `eps` and `eps_abs` are guesses)."""
+    """Tolerances of all protocols (`eps` and `eps_abs` are guesses: the STORM paper does not publish them).
+
+    `orlm_rel` is the tolerance of both `orlm` and `round2`; `orlm_ndigits` the decimals `round2` keeps.
+    """
 
     eps: float = DEFAULT_EPS
     eps_abs: float = DEFAULT_EPS_ABS
@@ -75,6 +85,21 @@ def _strict(a: float, t: float, c: ScoringConfig) -> bool:
 
 
 def _orlm(a: float, t: float, c: ScoringConfig) -> bool:
+    """ORLM's check (Cardinal-Operations/ORLM, eval/execute.py), as that script applies it.
+
+    Prediction and truth are both rounded to the nearest integer with Python's ``round`` (ties to even:
+    round(0.5) == 0, round(2.5) == 2); then a zero rounded truth accepts |round(a)| ≤ tol, any other the
+    relative error |(round(a) − round(t)) / round(t)| ≤ tol, computed in that order. So 10.6 against a truth
+    of 10.4 is 11 against 10, 10 % off: wrong; 0.4 against a truth of 0 is right.
+    """
+    # Python ints, as in ORLM: the difference is exact and int / int is correctly rounded.
+    ra, rt = round(a), round(t)
+    if rt == 0:
+        return abs(ra) <= c.orlm_rel
+    return abs((ra - rt) / rt) <= c.orlm_rel
+
+
+def _round2(a: float, t: float, c: ScoringConfig) -> bool:
     ra, rt = round(a, c.orlm_ndigits), round(t, c.orlm_ndigits)
     if rt == 0.0:
         return ra == 0.0
@@ -90,6 +115,7 @@ _NUMERIC_RULES: dict[str, Callable[[float, float, ScoringConfig], bool]] = {
     "strict": _strict,
     "orlm": _orlm,
     "abs001": _abs001,
+    "round2": _round2,
 }
 PROTOCOLS: tuple[str, ...] = tuple(_NUMERIC_RULES)
 
@@ -199,13 +225,18 @@ def correct_arrays(
     if not (a.shape == t.shape == ac.shape == tc.shape):
         raise ValueError(f"shape mismatch: {a.shape}, {ac.shape}, {t.shape}, {tc.shape}")
     numeric = (ac == NUMERIC) & (tc == NUMERIC) & np.isfinite(a) & np.isfinite(t)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         diff = np.abs(a - t)
         if protocol == "storm":
             ok = np.where(t == 0.0, np.abs(a) <= config.eps_abs, diff <= config.eps * np.abs(t))
         elif protocol == "strict":
             ok = diff / (np.abs(t) + 1.0) <= config.strict_tol
         elif protocol == "orlm":
+            # np.rint rounds ties to even on the exact binary value, as Python's round(x) does; below 2**53
+            # the float difference of two integers is exact, so this equals the scalar rule there.
+            ra, rt = np.rint(a), np.rint(t)
+            ok = np.where(rt == 0.0, np.abs(ra) <= config.orlm_rel, np.abs((ra - rt) / rt) <= config.orlm_rel)
+        elif protocol == "round2":
             ra, rt = _round_half_even(a, config.orlm_ndigits), _round_half_even(t, config.orlm_ndigits)
             ok = np.where(rt == 0.0, ra == 0.0, np.abs(ra - rt) <= config.orlm_rel * np.abs(rt))
         else:  # abs001

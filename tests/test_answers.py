@@ -190,3 +190,58 @@ def test_python_blocks_and_last_that_ran():
 
 def test_last_boxed_returns_raw_content():
     assert last_boxed(r"\boxed{\$1,200}") == r"\$1,200"
+
+
+# Digit grouping: every form below writes one number; the expected value is what the digits spell.
+GROUPED_CASES = [
+    (r"\boxed{25\,000}", 25000.0),
+    (r"\boxed{25\;000}", 25000.0),
+    (r"\boxed{25\:000}", 25000.0),
+    (r"\boxed{25~000}", 25000.0),
+    (r"\boxed{25\ 000}", 25000.0),
+    ("\\boxed{25\u2009000}", 25000.0),  # thin space
+    ("\\boxed{25\u202f000}", 25000.0),  # narrow no-break space
+    ("\\boxed{25\u00a0000}", 25000.0),  # no-break space
+    (r"\boxed{38 000}", 38000.0),
+    (r"\boxed{1 234 567.25}", 1234567.25),
+    (r"\boxed{1\,234\,567}", 1234567.0),
+    (r"\boxed{-12\,500}", -12500.0),
+    (r"\boxed{\$25\,000 \text{ dollars}}", 25000.0),
+    (r"\boxed{x = 38\,000}", 38000.0),
+    (r"\boxed{\frac{25\,000}{4}}", 6250.0),
+    (r"The total cost is \boxed{$1\,050\,000$}.", 1050000.0),
+]
+
+
+@pytest.mark.parametrize("text,expected", GROUPED_CASES)
+def test_digit_grouping_is_one_number(text, expected):
+    assert answer_from_text(text) == expected
+
+
+# Two numbers in one box: which one is the answer is unknowable, so no answer (not the first number).
+AMBIGUOUS_CASES = [
+    r"\boxed{3, 4}",
+    r"\boxed{12 5}",  # "5" is not a three-digit group
+    r"\boxed{1 23}",
+    r"\boxed{12 5000}",  # a four-digit group is no group either
+    r"\boxed{1234 567}",  # a head of four digits is not grouping
+    r"\boxed{25\,00}",
+    r"\boxed{(3, 4)}",
+    r"\boxed{3 \text{ or } 4}",
+    r"\boxed{3 + \frac{1}{2}}",
+    r"\boxed{\frac{1}{2} + 3}",
+    r"\boxed{7/2 + 1}",
+    "\\boxed{12\u20095}",
+]
+
+
+@pytest.mark.parametrize("text", AMBIGUOUS_CASES)
+def test_two_numbers_in_a_box_are_a_parse_failure(text):
+    assert answer_from_text(text) is None
+
+
+def test_digits_of_names_and_units_are_not_numbers():
+    assert answer_from_text(r"\boxed{500 \text{ m}^2}") == 500.0
+    assert answer_from_text(r"\boxed{120 \text{ tons of CO2}}") == 120.0
+    assert answer_from_text(r"\boxed{3 x_1}") == 3.0
+    assert answer_from_text(r"\boxed{1200\,kg}") == 1200.0  # \, before a unit is only a space

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -326,3 +327,177 @@ def test_kill_and_resume_2000(tmp_path):
     # 2,000 completions (1 in 12 with code), SIGKILL at >= 1,000 results, rerun: same summary.json bytes.
     # ~16 s with the pool through the real CLI on 2 shared cores.
     _run_kill_resume(tmp_path, n_problems=250, per_problem=8, code_every=12, bs=50, use_cli=HAVE_POOL)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reruns: nothing stale (edited rows are rescored, exactly those), settings recorded as they took effect
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _edit_comps(rows: list[bm.BenchmarkRow]):
+    """Per row: sample 0 prints the truth from code, sample 1 boxes it. All 2*len(rows) samples correct."""
+    comps = []
+    for row in rows:
+        comps.append(
+            {"id": row.id, "completion": _code(f"print('OBJECTIVE: {row.answer!r}')"), "sample_index": 0}
+        )
+        comps.append({"id": row.id, "completion": f"So \\boxed{{{row.answer!r}}}.", "sample_index": 1})
+    return comps
+
+
+def _score(f, out, ex, **kw):
+    return sc.score_completions(f, "nl4opt.sirl", "strict", kw.pop("answer_from", "auto"), out, DATA_DIR,
+                                executor=ex, progress=False, **kw)  # fmt: skip
+
+
+def _n_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n")
+
+
+@needs_data
+def test_rerun_after_edit_rescores_exactly_the_changed_rows(tmp_path):
+    rows = bm.load_dataset("nl4opt.sirl", DATA_DIR)[:6]
+    assert all(r.answer is not None for r in rows)
+    comps = _edit_comps(rows)
+    f, out = tmp_path / "c.jsonl", tmp_path / "out"
+    _write_jsonl(f, comps)
+    ex = LocalExecutor()
+    try:
+        s0 = _score(f, out, ex)
+        assert ex.calls == 6  # one code block per sample 0, boxes need no execution
+        assert s0["datasets"]["nl4opt.sirl"]["pass@1"] == 1.0
+        # edit two rows: a program (needs one execution) and a box (needs none); both become wrong
+        comps[4]["completion"] = _code(f"print('OBJECTIVE: {rows[2].answer + 1.0!r}')")
+        comps[9]["completion"] = f"So \\boxed{{{rows[4].answer * 2!r}}}."
+        _write_jsonl(f, comps)
+        ex.calls = 0
+        s1 = _score(f, out, ex)
+        assert ex.calls == 1  # exactly the edited program ran again
+        assert _n_lines(out / "samples.jsonl") == 12 + 2  # exactly the two edited rows were rescored
+        # hand count: rows 2 and 4 have 1 of 2 correct, the four others 2 of 2
+        assert s1["datasets"]["nl4opt.sirl"]["pass@1"] == pytest.approx((4 * 1.0 + 2 * 0.5) / 6)
+        assert s1["datasets"]["nl4opt.sirl"]["failures"]["wrong_objective"] == 2
+        run = json.loads((out / "run.json").read_text())
+        assert run["completions"]["path"] == str(f.resolve())
+        assert run["completions"]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+        assert run["last_run"] == {"reused": 10, "scored": 2}
+        # a fresh run on the edited file gives the same summary, in memory and on disk
+        ex_fresh = LocalExecutor()
+        try:
+            fresh = _score(f, tmp_path / "fresh", ex_fresh)
+        finally:
+            ex_fresh.close()
+        assert s1 == fresh
+        assert (out / "summary.json").read_bytes() == (tmp_path / "fresh" / "summary.json").read_bytes()
+        # an unchanged rerun scores nothing
+        ex.calls = 0
+        assert _score(f, out, ex) == fresh and ex.calls == 0
+        assert _n_lines(out / "samples.jsonl") == 14
+        # editing a row back reuses the result stored for that content
+        comps[9]["completion"] = f"So \\boxed{{{rows[4].answer!r}}}."
+        _write_jsonl(f, comps)
+        s3 = _score(f, out, ex)
+        assert _n_lines(out / "samples.jsonl") == 14 and ex.calls == 0
+        assert s3["datasets"]["nl4opt.sirl"]["pass@1"] == pytest.approx((5 * 1.0 + 0.5) / 6)
+    finally:
+        ex.close()
+
+
+def test_input_hash_covers_completion_and_truth():
+    row = bm.BenchmarkRow("d-0", "d", "v", "q?", 10.0, None)
+    c = sc.Completion("d-0", r"\boxed{10}", 0)
+    h = sc.input_hash(row, c)
+    assert len(h) == 64 and h == sc.input_hash(row, sc.Completion("d-0", r"\boxed{10}", 0))
+    assert h != sc.input_hash(row, sc.Completion("d-0", r"\boxed{11}", 0))
+    assert h != sc.input_hash(row, sc.Completion("d-0", r"\boxed{10}", 1))
+    assert h != sc.input_hash(dataclasses.replace(row, answer=11.0), c)  # a corrected truth rescores
+    assert h != sc.input_hash(dataclasses.replace(row, answer=None, answer_status="infeasible"), c)
+    (res,) = sc.score_samples([(row, c)], "strict", "boxed")
+    assert res.input_sha256 == h
+
+
+def test_results_of_an_older_scorer_load_and_are_never_reused(tmp_path):
+    p = tmp_path / "samples.jsonl"
+    old = sc.SampleResult("a", 0, "d", 1.0, "boxed", True, None, None, None, 0, 0.0).to_json()
+    del old["input_sha256"]  # lines written before results carried a hash
+    p.write_text(json.dumps(old) + "\n")
+    (r,) = sc.load_results(p)
+    assert (r.id, r.sample_index, r.answer, r.input_sha256) == ("a", 0, 1.0, None)
+    del old["answer"]
+    p.write_text(json.dumps(old) + "\n")
+    with pytest.raises(ValueError, match=r"samples.jsonl:1: not a sample result"):
+        sc.load_results(p)
+
+
+@needs_data
+def test_max_blocks_zero_is_recorded_as_boxed(tmp_path, capsys):
+    rows = bm.load_dataset("nl4opt.sirl", DATA_DIR)[:4]
+    f = tmp_path / "c.jsonl"
+    _write_jsonl(f, _edit_comps(rows))
+    ex = LocalExecutor()
+    try:
+        s = _score(f, tmp_path / "zero", ex, max_blocks=0)
+        assert ex.calls == 0  # nothing executed
+        run = json.loads((tmp_path / "zero" / "run.json").read_text())
+        assert (run["answer_from"], run["max_blocks"]) == ("boxed", None)
+        assert run["requested"] == {"answer_from": "auto", "max_blocks": 0}
+        assert s["answer_from"] == "boxed"
+        # the program samples have no box: 4 of 8 correct, the other 4 parse failures (as in a boxed run)
+        e = s["datasets"]["nl4opt.sirl"]
+        assert e["pass@1"] == 0.5 and e["failures"]["parse_failure"] == 4 and e["n_executed"] == 0
+        assert s == _score(f, tmp_path / "boxed", ex, answer_from="boxed")
+        # the same effective settings share a directory; auto with execution does not
+        _score(f, tmp_path / "zero", ex, answer_from="boxed", max_blocks=5)
+        assert _n_lines(tmp_path / "zero" / "samples.jsonl") == 8
+        with pytest.raises(
+            ValueError, match=r"run.json: .*other settings.*'answer_from': \('boxed', 'auto'\)"
+        ):
+            _score(f, tmp_path / "zero", ex, max_blocks=3)
+        with pytest.raises(ValueError, match="executes no code"):
+            _score(f, tmp_path / "exec", ex, answer_from="execution", max_blocks=0)
+        with pytest.raises(ValueError, match="max_blocks must be a non-negative integer, got -1"):
+            _score(f, tmp_path / "neg", ex, max_blocks=-1)
+        assert ex.calls == 0
+    finally:
+        ex.close()
+    # the command line says so in one line, and exits 2 for the combination that scores nothing
+    argv = [
+        "--completions",
+        str(f),
+        "--benchmark",
+        "nl4opt.sirl",
+        "--data-dir",
+        str(DATA_DIR),
+        "--no-progress",
+    ]
+    capsys.readouterr()
+    assert sc.main(argv + ["--out", str(tmp_path / "cli"), "--max-blocks", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "--max-blocks 0 executes no code" in err and "answer_from=boxed" in err
+    assert json.loads((tmp_path / "cli" / "run.json").read_text())["answer_from"] == "boxed"
+    assert (
+        sc.main(argv + ["--out", str(tmp_path / "cli2"), "--max-blocks", "0", "--answer-from", "execution"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("storm-jax score: ") and err.count("\n") == 1 and "executes no code" in err
+    assert not (tmp_path / "cli2" / "run.json").exists()
+    # a rerun says how much it reused
+    assert sc.main(argv + ["--out", str(tmp_path / "cli"), "--answer-from", "boxed"]) == 0
+    assert "8 unchanged samples reused" in capsys.readouterr().err
+
+
+def test_score_module_keeps_its_names():
+    # score.py was split into modules; every name it exported before the split still imports from it
+    from storm_jax.eval import completions, metrics, report, scoring, store
+
+    for name, mod in [
+        ("Completion", completions), ("read_completions", completions), ("SampleResult", scoring),
+        ("Executor", scoring), ("classify", scoring), ("score_samples", scoring), ("ANSWER_MODES", scoring),
+        ("FAILURES", scoring), ("pass_at_k", metrics), ("majority_answer", metrics), ("summarize", metrics),
+        ("markdown_table", report), ("load_results", store), ("SAMPLES_FILE", store), ("SUMMARY_FILE", store),
+        ("TABLE_FILE", store), ("RUN_FILE", store),
+    ]:  # fmt: skip
+        assert getattr(sc, name) is getattr(mod, name), name
+    assert callable(sc.main) and callable(sc.score_completions) and callable(sc.build_parser)
+    assert sc._ERROR_STATUSES == ("error", "memory", "killed")

@@ -9,10 +9,16 @@ Boxed answers (:func:`answer_from_text`)
     wrote as prose is an answer. Qwen3 thinking: when the completion contains ``</think>``, a boxed answer
     after the last ``</think>`` always wins over one inside the thinking part; the thinking part is used
     only when the final part has no ``\boxed`` at all (``think_fallback=True``, the default).
-    The box content may carry ``$``, ``\$``, thousands commas (``1,234``), units/words (``1200 dollars``),
-    ``\text{...}``, a leading ``x =`` (the part after the last ``=``/``\approx`` counts), scientific notation
-    (``1.5e3``, ``1.5 \times 10^{3}``), fractions (``\frac{7}{2}``, ``7/2``), percent (``25\%`` -> 25) and
-    the words *infeasible* / *no feasible solution* / *unbounded*.
+    The box content may carry ``$``, ``\$``, thousands commas (``1,234``, ``4{,}500``), digit groups
+    separated by LaTeX or typographic spaces (``25\,000``, ``25\;000``, ``25\:000``, ``25~000``, thin space
+    U+2009, narrow no-break space U+202F, no-break space U+00A0, or a plain space: ``38 000``; every group
+    after the first has exactly three digits), units/words (``1200 dollars``), ``\text{...}``, a leading
+    ``x =`` (the part after the last ``=``/``\approx`` counts), scientific notation (``1.5e3``,
+    ``1.5 \times 10^{3}``), fractions (``\frac{7}{2}``, ``7/2``), percent (``25\%`` -> 25) and the words
+    *infeasible* / *no feasible solution* / *unbounded*.
+    A box holding more than one number (``3, 4``, ``12 5``: groups that are not three digits) is
+    ambiguous and reads as no answer, never as its first number. Digits that belong to a name or unit
+    (``x_2``, ``m^2``, ``CO2``) are not numbers.
 
 Executed code (:func:`answer_from_output`) — **the OBJECTIVE convention**
     Programs written for this project (synthetic gold programs, our prompts) end by printing one line::
@@ -83,20 +89,33 @@ _FRAC_RE = re.compile(
 )
 _SLASH_RE = re.compile(rf"^(?P<sign>[-+\u2212]?)\s*(?P<a>{_NUM})\s*/\s*(?P<b>{_NUM})(?![\d.])")
 
+# Separators that group the digits of one number: LaTeX spaces (\, \; \: \! and "\ "), a tie (~), and
+# the thin (U+2009), hair (U+200A), punctuation (U+2008), figure (U+2007), narrow no-break (U+202F) and
+# no-break (U+00A0) spaces. Each becomes a plain space; `_SPACE_GROUPED_RE` then joins the digit groups.
+_GROUP_SEP_RE = re.compile(
+    r"\\(?:[,;:! ]|(?:thinspace|medspace|thickspace|nobreakspace)(?![A-Za-z]))|~"
+    r"|[\u2007\u2008\u2009\u200a\u202f\u00a0]"
+)
+# "25 000", "1 234 567.5": a head of 1-3 digits, then groups of exactly three digits. A head glued to a
+# digit, a point or a comma ("0.5 000", "1,234 567") is not grouping, so those stay separate numbers.
+_SPACE_GROUPED_RE = re.compile(r"(?<![\d.,])(\d{1,3})((?: +\d{3})+)(?!\d)")
+
 # LaTeX decorations that never change a value.
 _LATEX_DROP = re.compile(
-    r"\\(?:left|right|displaystyle|mathrm|mathbf|textbf|text|textrm|mbox|operatorname|quad|qquad|,|;|!|:| )"
+    r"\\(?:left|right|displaystyle|mathrm|mathbf|textbf|text|textrm|mbox|operatorname|quad|qquad)"
 )
+# A number right after a letter (x2, CO2) or after `_` / `^` (x_2, m^2) is part of a name or a unit.
+_NAME_TAIL_RE = re.compile(r"(?:[A-Za-z]|[_^]\s*)\Z")
+
+
+def _join_digit_groups(s: str) -> str:
+    s = _GROUP_SEP_RE.sub(" ", s)
+    return _SPACE_GROUPED_RE.sub(lambda m: m.group(1) + m.group(2).replace(" ", ""), s)
 
 
 def _clean(text: str) -> str:
-    s = (
-        text.replace("{,}", ",")
-        .replace("\\$", "$")
-        .replace("\\%", "%")
-        .replace("\u2009", "")
-        .replace("~", " ")
-    )
+    s = text.replace("{,}", ",").replace("\\$", "$").replace("\\%", "%")
+    s = _join_digit_groups(s)
     s = _LATEX_DROP.sub(" ", s)
     s = s.replace("$", " ").replace("{", " ").replace("}", " ") if "frac" not in s else s.replace("$", " ")
     return s
@@ -111,25 +130,38 @@ def _to_float(sign: str, num: str, exp: str | None = None, pow10: str | None = N
     return -value if sign in ("-", "\u2212") else value
 
 
+def _numbers(s: str) -> list[re.Match[str]]:
+    """The numbers of a cleaned string (scientific notation is one number; digits of names are none)."""
+    return [m for m in _SIGNED_NUM_RE.finditer(s) if not _NAME_TAIL_RE.search(s, 0, m.start("num"))]
+
+
 def parse_number(text: str) -> float | None:
-    """The first number in `text` (commas, $, units, scientific notation, fractions allowed), else None."""
+    """The one number in `text` (commas, digit groups, $, units, scientific notation, fractions), else None.
+
+    None also when `text` holds several numbers: which one is meant is ambiguous.
+    """
     s = _clean(text).strip()
     m = _FRAC_RE.search(s)
     if m is not None:
         a, b = parse_number(m.group("a")), parse_number(m.group("b"))
-        # Only trust the fraction if it is the first numeric thing in the string.
-        before = s[: m.start()]
-        if a is not None and b not in (None, 0.0) and not re.search(r"\d", before):
+        # Only trust the fraction if it is the only numeric thing in the string.
+        if (
+            a is not None
+            and b not in (None, 0.0)
+            and not _numbers(s[: m.start()])
+            and not _numbers(s[m.end() :])
+        ):
             value = a / b
             return -value if m.group("sign") in ("-", "\u2212") else value
     m = _SLASH_RE.search(s)
     if m is not None:
         a, b = _to_float("", m.group("a")), _to_float("", m.group("b"))
-        if b != 0.0:
+        if b != 0.0 and not _numbers(s[m.end() :]):
             return -(a / b) if m.group("sign") in ("-", "\u2212") else a / b
-    m = _SIGNED_NUM_RE.search(s)
-    if m is None:
+    found = _numbers(s)
+    if len(found) != 1:
         return None
+    m = found[0]
     value = _to_float(m.group("sign"), m.group("num"), m.group("e"), m.group("p"))
     return value if math.isfinite(value) else None
 
