@@ -15,6 +15,14 @@ import numpy as np
 
 MAX_EOS = 8  # eos ids per request (padded with -1): a fixed shape keeps decode_chunk compiled once
 
+# Span kinds of response tokens, recorded when the tokens are appended. The model writes MODEL tokens (sampled
+# or teacher-forced); the host appends TOOL_OUTPUT (execution results) and HINT (an intervener's hint) tokens.
+# Which kinds carry loss is a config choice of the consumer (RolloutConfig.loss_kinds), not fixed here.
+KIND_MODEL = "model"
+KIND_TOOL_OUTPUT = "tool_output"
+KIND_HINT = "hint"
+SPAN_KINDS: tuple[str, ...] = (KIND_MODEL, KIND_TOOL_OUTPUT, KIND_HINT)
+
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,14 +91,35 @@ class EngineConfig:
 
 @dataclasses.dataclass
 class Request:
-    """One prompt to sample `n` times. `forced` (optional) is a stream of model-written ids the sampler emits
-    instead of sampling (teacher-forced generation for tests and replays); after it runs out, sampling resumes."""
+    """One prompt to sample `n` times.
+
+    `forced` (optional) is a stream of model-written ids the sampler emits instead of sampling (teacher-forced
+    generation for tests and replays); after it runs out, sampling resumes.
+    `prefix` (optional) is the start of the response, already decided: ids prefilled with the prompt and kept at
+    the head of `Sequence_.tokens`, each with its kind from `prefix_kinds` (default all KIND_MODEL). CALM uses
+    it to continue a trajectory from the steps before a flaw plus an inserted hint. Prefix ids get log-prob 0
+    (they were not sampled in this run) and do not advance the random stream.
+    """
 
     prompt: Sequence[int]
     params: SamplingParams = SamplingParams()
     n: int = 1
     seed: int = 0
     forced: Sequence[int] | None = None
+    prefix: Sequence[int] | None = None
+    prefix_kinds: Sequence[str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class HostTokens:
+    """Ids the host appends to a paused sequence before it resumes, and their span kind."""
+
+    ids: tuple[int, ...]
+    kind: str = KIND_TOOL_OUTPUT
+
+    def __post_init__(self):
+        if self.kind == KIND_MODEL or self.kind not in SPAN_KINDS:
+            raise ValueError(f"host tokens need a host kind ({', '.join(SPAN_KINDS[1:])}), got {self.kind!r}")
 
 
 @dataclasses.dataclass
@@ -105,7 +134,8 @@ class Sequence_:
     key: np.ndarray  # uint32[2]
     forced: list[int] | None = None
     tokens: list[int] = dataclasses.field(default_factory=list)  # response ids (model + host)
-    loss_mask: list[int] = dataclasses.field(default_factory=list)
+    loss_mask: list[int] = dataclasses.field(default_factory=list)  # 1 = KIND_MODEL, 0 = host-written
+    kinds: list[str] = dataclasses.field(default_factory=list)  # span kind of every response token
     logprobs_raw: list[float] = dataclasses.field(default_factory=list)
     logprobs_sampling: list[float] = dataclasses.field(default_factory=list)
     n_model: int = 0  # model-written tokens so far (rng step, forced cursor)

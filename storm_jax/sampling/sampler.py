@@ -60,8 +60,12 @@ from storm_jax.parallel.mesh import MeshRules
 from storm_jax.sampling.distribution import argmax_logsumexp, processed_logprobs, sample_step
 from storm_jax.sampling.engine import _copy_rows, compile_counts, decode_chunk, prefill_rows
 from storm_jax.sampling.requests import (
+    KIND_MODEL,
+    KIND_TOOL_OUTPUT,
     MAX_EOS,
+    SPAN_KINDS,
     EngineConfig,
+    HostTokens,
     Request,
     SamplingParams,
     Sequence_,
@@ -76,17 +80,42 @@ from storm_jax.sampling.requests import (
 
 @dataclasses.dataclass
 class ToolHooks:
-    """Pause / resume hooks of multi-turn generation (the rollout loop supplies them).
+    """An intervention hook of multi-turn generation: pause a sequence, append host tokens, resume.
 
-    pause_regex: when it matches the decoded text of the current model-written run, the sequence pauses at
-    the token completing the first match. on_pause(seq, match_text) returns a Future (its result goes to
-    on_result) or a string: the stop reason to finish with instead. on_result(seq, result) (the future's result, or its exception) returns the ids to
-    append (host-written, loss-masked) before resuming, or a string stop reason.
+    The code interpreter is one implementation (storm_jax.sampling.rollout); a hint inserter is another.
+    pause_regex: when it matches the decoded text of the current model-written run (and `enabled(seq)`, if
+    given, is true), the sequence pauses at the token completing the first match. on_pause(seq, match_text)
+    returns one of
+      * a Future: the sequence waits (its slot may be lent out); the future's result, or its exception, goes
+        to on_result(seq, result), which returns the ids to append (or HostTokens, or a stop-reason string);
+      * ids (a list) or HostTokens: appended at once, and the sequence resumes from its cached prefix;
+      * a string: the stop reason to finish with.
+    Appended ids get span kind `kind` (a HostTokens result carries its own), loss mask 0 and log-prob 0. When
+    several hooks match in one chunk, the earliest match wins.
     """
 
     pause_regex: re.Pattern
     on_pause: Callable[[Sequence_, str], Any]
-    on_result: Callable[[Sequence_, Any], Any]
+    on_result: Callable[[Sequence_, Any], Any] | None = None
+    kind: str = KIND_TOOL_OUTPUT
+    enabled: Callable[[Sequence_], bool] | None = None
+
+    def __post_init__(self):
+        HostTokens((), self.kind)  # validates the kind
+
+
+def _append_host(seq: Sequence_, res: Any, kind: str) -> None:
+    """Append host-written ids (a list or HostTokens) to `seq`; the next model-written run starts after them."""
+    if isinstance(res, HostTokens):
+        ids, kind = list(res.ids), res.kind
+    else:
+        ids = [int(t) for t in res]
+    seq.tokens += ids
+    seq.kinds += [kind] * len(ids)
+    seq.loss_mask += [0] * len(ids)
+    seq.logprobs_raw += [0.0] * len(ids)
+    seq.logprobs_sampling += [0.0] * len(ids)
+    seq.turn_start = len(seq.tokens)
 
 
 class Sampler:
@@ -201,7 +230,7 @@ class Sampler:
         requests: Sequence[Request],
         *,
         decode: Callable[[list[int]], str] | None = None,
-        hooks: ToolHooks | None = None,
+        hooks: ToolHooks | Sequence[ToolHooks] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[list[Sequence_]]:
         """Sample every request `n` times; returns, per request, its n finished sequences.
@@ -211,28 +240,41 @@ class Sampler:
         """
         eng = self.engine
         S, C = eng.num_slots, eng.chunk_size
+        hooks = [] if hooks is None else [hooks] if isinstance(hooks, ToolHooks) else list(hooks)
         seqs: list[Sequence_] = []
         for gi, r in enumerate(requests):
+            prefix = [int(t) for t in (r.prefix or ())]
+            kinds = list(r.prefix_kinds) if r.prefix_kinds is not None else [KIND_MODEL] * len(prefix)
             if len(r.prompt) == 0:
                 raise ValueError(f"request {gi}: empty prompt")
-            if len(r.prompt) + 1 > eng.max_len:
+            if len(r.prompt) + len(prefix) + 1 > eng.max_len:
                 raise ValueError(
-                    f"request {gi}: prompt of {len(r.prompt)} tokens does not fit max_len={eng.max_len}"
+                    f"request {gi}: prompt of {len(r.prompt)} tokens (+ prefix {len(prefix)}) does not fit "
+                    f"max_len={eng.max_len}"
                 )
-            if (r.params.stop_strings or hooks is not None) and decode is None:
+            if len(kinds) != len(prefix) or any(k not in SPAN_KINDS for k in kinds):
+                raise ValueError(
+                    f"request {gi}: prefix_kinds must give one of {SPAN_KINDS} for each of the {len(prefix)} "
+                    "prefix ids"
+                )
+            if (r.params.stop_strings or hooks) and decode is None:
                 raise ValueError("stop strings and tool hooks need `decode`")
             for si in range(r.n):
-                seqs.append(
-                    Sequence_(
-                        uid=len(seqs),
-                        group=gi,
-                        sample_index=si,
-                        prompt=[int(t) for t in r.prompt],
-                        params=r.params,
-                        key=sequence_key(r.seed, si),
-                        forced=None if r.forced is None else [int(t) for t in r.forced],
-                    )
+                seq = Sequence_(
+                    uid=len(seqs),
+                    group=gi,
+                    sample_index=si,
+                    prompt=[int(t) for t in r.prompt],
+                    params=r.params,
+                    key=sequence_key(r.seed, si),
+                    forced=None if r.forced is None else [int(t) for t in r.forced],
                 )
+                seq.tokens, seq.kinds = list(prefix), list(kinds)
+                seq.loss_mask = [int(k == KIND_MODEL) for k in kinds]
+                seq.logprobs_raw = [0.0] * len(prefix)
+                seq.logprobs_sampling = [0.0] * len(prefix)
+                seq.turn_start = len(prefix)
+                seqs.append(seq)
         queue = list(seqs)
         slot_of: list[Sequence_ | None] = [None] * S
         paused: list[Sequence_] = []
@@ -255,16 +297,13 @@ class Sampler:
                 if not seq.future.done():
                     continue
                 paused.remove(seq)
-                res = hooks.on_result(seq, seq.future.exception() or seq.future.result())
+                hook = seq.info.pop("_hook")
+                res = hook.on_result(seq, seq.future.exception() or seq.future.result())
                 seq.future = None
                 if isinstance(res, str):
                     finish(seq, res)
                     continue
-                seq.tokens += [int(t) for t in res]
-                seq.loss_mask += [0] * len(res)
-                seq.logprobs_raw += [0.0] * len(res)
-                seq.logprobs_sampling += [0.0] * len(res)
-                seq.turn_start = len(seq.tokens)
+                _append_host(seq, res, hook.kind)
                 if budget(seq) <= 0:
                     finish(seq, "max_tokens")
                 elif seq.slot is None:
@@ -359,6 +398,7 @@ class Sampler:
                 n = int(n_out[s])
                 new = tok[s, :n].tolist()
                 seq.tokens += new
+                seq.kinds += [KIND_MODEL] * n
                 seq.loss_mask += [1] * n
                 seq.logprobs_raw += raw[s, :n].tolist()
                 seq.logprobs_sampling += samp[s, :n].tolist()
@@ -382,24 +422,27 @@ class Sampler:
                     if cut is None or end < cut:
                         cut, reason = end, "stop"
                     break
-        if decode is not None and (p.stop_strings or hooks is not None):
+        hook = None
+        if decode is not None and (p.stop_strings or hooks):
             text = decode(turn)
             for st in p.stop_strings:
                 if st in text:
                     end = _first_prefix(turn, decode, lambda t, st=st: st in t)
                     if cut is None or end < cut:
                         cut, reason = end, "stop"
-            if hooks is not None:
-                m = hooks.pause_regex.search(text)
-                if m is not None:
-                    end = _first_prefix(turn, decode, lambda t: hooks.pause_regex.search(t) is not None)
+            for h in hooks:
+                if h.enabled is not None and not h.enabled(seq):
+                    continue
+                if h.pause_regex.search(text) is not None:
+                    end = _first_prefix(turn, decode, lambda t, h=h: h.pause_regex.search(t) is not None)
                     if cut is None or end < cut:
-                        cut, reason = end, "pause"
+                        cut, reason, hook = end, "pause", h
         if cut is not None:
             drop = len(turn) - cut
             if drop:
                 del (
                     seq.tokens[-drop:],
+                    seq.kinds[-drop:],
                     seq.loss_mask[-drop:],
                     seq.logprobs_raw[-drop:],
                     seq.logprobs_sampling[-drop:],
@@ -412,12 +455,18 @@ class Sampler:
             if seq.tokens and seq.tokens[-1] in p.eos_ids:
                 finish(seq, "eos")
                 return
-            match = hooks.pause_regex.search(decode(seq.turn_tokens())).group(0)
-            fut = hooks.on_pause(seq, match)
+            match = hook.pause_regex.search(decode(seq.turn_tokens())).group(0)
+            fut = hook.on_pause(seq, match)
             if isinstance(fut, str):
                 finish(seq, fut)
                 return
+            if isinstance(fut, (list, tuple, HostTokens)):  # inserted at once: resume from the cached prefix
+                _append_host(seq, fut, hook.kind)
+                if budget(seq) <= 0:
+                    finish(seq, "max_tokens")
+                return
             seq.status, seq.future = "paused", fut
+            seq.info["_hook"] = hook
             paused.append(seq)
             return
         if hit_eos:
@@ -509,6 +558,7 @@ def generate(
 __all__ = [
     "MAX_EOS",
     "EngineConfig",
+    "HostTokens",
     "Request",
     "Sampler",
     "SamplingParams",
