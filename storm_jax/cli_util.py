@@ -79,10 +79,13 @@ def check_range(flag: str, value: float, *, lo: float | None = None, hi: float |
         hi is not None and (value >= hi if hi_open else value > hi)
     )
     if bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-        raise UsageError(f"{flag} {value}: must be in {span}")
+        if hi is None:
+            rule = f"{'>' if lo_open else '>='} {lo}"
+        elif lo is None:
+            rule = f"{'<' if hi_open else '<='} {hi}"
+        else:
+            rule = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise UsageError(f"{flag} {value}: must be {rule}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -216,20 +216,16 @@ def report_warnings(report: dict, cfg: SFTDataConfig) -> list[str]:
     return out
 
 
-def main(argv: list[str]) -> int:
-    """`storm-jax sft-data PATH --seq-len N --batch-size B`: check a JSONL file and report its packing.
+PROG = "storm-jax sft-data"
 
-    Prints the report (JSON) on stdout and, on stderr, one line for each kind of data lost on the way to
-    the batches. Exit status: 0, 1 when no batch with a loss token can be made, 2 for a usage error (a
-    bad flag, a missing file, a malformed row).
-    """
+
+def build_parser():
+    """The argparse parser of `storm-jax sft-data`."""
     import inspect
-    import json
 
-    from storm_jax.cli_util import ArgumentParser, UsageError, check_range, fail
+    from storm_jax.cli_util import ArgumentParser
 
-    prog = "storm-jax sft-data"
-    p = ArgumentParser(prog=prog, description=inspect.cleandoc(main.__doc__ or ""))
+    p = ArgumentParser(prog=PROG, description=inspect.cleandoc(main.__doc__ or ""))
     p.add_argument("path", help="JSONL file or glob")
     p.add_argument("--seq-len", type=int, required=True, help="training positions per row")
     p.add_argument("--batch-size", type=int, default=8, help="rows per batch")
@@ -242,6 +238,22 @@ def main(argv: list[str]) -> int:
     p.add_argument(
         "--tokenizer", default=None, help="checkpoint directory with tokenizer files (default: Qwen3)"
     )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """`storm-jax sft-data PATH --seq-len N --batch-size B`: check a JSONL file and report its packing.
+
+    Prints the report (JSON) on stdout and, on stderr, one line for each kind of data lost on the way to
+    the batches. Exit status: 0, 1 when no batch with a loss token can be made, 2 for a usage error (a
+    bad flag, a missing file, a malformed row).
+    """
+    import json
+
+    from storm_jax.cli_util import UsageError, check_range, fail
+
+    prog = PROG
+    p = build_parser()
     a = p.parse_args(argv)
     try:
         check_range("--seq-len", a.seq_len, lo=1)
