@@ -240,7 +240,11 @@ def test_sft_data_says_what_it_truncates_and_drops(tmp_path, capsys):
     lost = report["loss_tokens"] - report["loss_tokens_in_batches"]
     assert lost == report["loss_tokens_dropped_by_batching"] > 0  # the last partial batch of 5 rows
     assert f"warning: {lost} of {report['loss_tokens']} loss tokens" in cap.err
-    assert f"the last {report['dropped_rows']} packed rows do not fill a batch of --batch-size 5" in cap.err
+    rows = report["dropped_rows"]
+    assert (
+        f"the last {rows} packed row{'s' if rows != 1 else ''} fill no whole batch of --batch-size 5"
+        in cap.err
+    )
 
 
 def test_sft_data_fails_when_nothing_is_trainable(tmp_path, capsys):

@@ -183,6 +183,10 @@ def measure_epoch(cfg: SFTDataConfig, tokenizer, *, process_index: int = 0, proc
     return out
 
 
+def _rows(n: int, packed: bool) -> str:
+    return f"{n} {'packed ' if packed else ''}row{'s' if n != 1 else ''}"
+
+
 def report_warnings(report: dict, cfg: SFTDataConfig) -> list[str]:
     """One line per thing the data loses on the way to the batches (truncation, drops, the last batch)."""
     docs = report["local_rows"]
@@ -210,8 +214,8 @@ def report_warnings(report: dict, cfg: SFTDataConfig) -> list[str]:
         lost = report["loss_tokens_dropped_by_batching"]
         out.append(
             f"{lost} of {total} loss tokens ({lost / max(total, 1):.1%}) are in no batch: the last "
-            f"{report['dropped_rows']} {'packed ' if cfg.pack else ''}rows do not fill a batch of "
-            f"--batch-size {cfg.batch_size} and are dropped"
+            f"{_rows(report['dropped_rows'], cfg.pack)} fill no whole batch of --batch-size {cfg.batch_size} "
+            "and are dropped"
         )
     return out
 

@@ -23,6 +23,7 @@ import time
 from storm_jax.cli_util import ArgumentParser, UsageError, check_hf_dir, check_range, fail
 
 PROG = "storm-jax generate"
+_ROLES = ("system", "user", "assistant")
 
 
 def _parser() -> ArgumentParser:
@@ -91,6 +92,10 @@ def request_seeds(seed: int, n: int) -> list[int]:
     return [int(k) for k in np.asarray(keys)[:, 1]]
 
 
+def _is_message(m) -> bool:
+    return isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in _ROLES
+
+
 def _read_prompts(path: str) -> list[tuple[str, list[dict]]]:
     """(id, messages) of every row of a prompts JSONL; UsageError naming file:line for a bad row."""
     rows = []
@@ -110,11 +115,12 @@ def _read_prompts(path: str) -> list[tuple[str, list[dict]]]:
                 raise UsageError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             if isinstance(row.get("messages"), list):
                 msgs = row["messages"]
-                bad = [i for i, m in enumerate(msgs) if not (isinstance(m, dict) and isinstance(m.get("content"), str)
-                       and m.get("role") in ("system", "user", "assistant"))]  # fmt: skip
-                if bad or not msgs:
+                if not msgs:
+                    raise UsageError(f"{path}:{lineno}: 'messages' is empty")
+                bad = [i for i, m in enumerate(msgs) if not _is_message(m)]
+                if bad:
                     raise UsageError(
-                        f"{path}:{lineno}: messages[{bad[0] if bad else 0}] must be a {{role, content}} object"
+                        f"{path}:{lineno}: messages[{bad[0]}] must be a {{role, content}} object"
                     )
             elif isinstance(row.get("prompt"), str):
                 msgs = [{"role": "user", "content": row["prompt"]}]
