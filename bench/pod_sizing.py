@@ -25,10 +25,8 @@ N_DEV = 32
 def one_case(model: str, fsdp: int, tensor: int, seq: int) -> dict:
     import jax
 
-    sys.path.insert(0, str(ROOT / "configs"))
-    import model_presets
-
     from storm_jax.config import base_config, validate
+    from storm_jax.configs import model_presets
     from storm_jax.train.metrics import count_params
     from storm_jax.train.sft import build_run
 

@@ -4,7 +4,7 @@
 
 Prints: the measured fp32 matmul peak of this host (same run), JAX tokens/s + MFU against it, torch tokens/s
 (transformers Qwen3ForCausalLM, torch.optim.AdamW, same shapes; as /work/shared/anchors/b4a_torch_train.py)
-and the JAX/torch ratio. The model is configs/model_presets.py "qwen3-100m" (= anchors/common_cfg.py).
+and the JAX/torch ratio. The model is storm_jax/configs/model_presets.py "qwen3-100m" (= anchors/common_cfg.py).
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def jax_bench(seq: int, batch: int, steps: int, remat: str, chunk: int) -> dict:
     import jax
 
-    sys.path.insert(0, str(ROOT / "configs"))
-    import model_presets
-
     from storm_jax.config import base_config, validate
+    from storm_jax.configs import model_presets
     from storm_jax.train.metrics import count_params, measure_cpu_peak_flops, train_flops_per_token
     from storm_jax.train.sft import SyntheticSFTIterator, build_run, initial_params, to_global
     from storm_jax.train.state import init_train_state

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Launch a training job on all workers: ./run.sh train sft --config=configs/storm_sft.py --config.run.out_dir=gs://bucket/run1
+# Launch a training job on all workers: ./run.sh train sft --config=storm_sft --config.workdir=gs://bucket/run1
 # Every process runs the same command; jax.distributed initializes from the TPU environment. The job resumes
-# automatically from the latest checkpoint in its out_dir, so re-running this after a preemption is the resume.
+# automatically from the latest checkpoint in its workdir, so re-running this after a preemption is the resume.
 source "$(dirname "$0")/common.sh"
 args=$(printf ' %q' "$@")
 on_all_workers "cd \$HOME/$WORKDIR && nohup .venv/bin/storm-jax$args > run.log 2>&1 &"

@@ -1,7 +1,8 @@
-"""Training configs: the schema, loading `configs/*.py` files, absl-style overrides, validation, saving.
+"""Training configs: the schema, loading config files and packaged recipes, absl-style overrides, validation.
 
 A config file is a Python file with `get_config(arg: str | None = None) -> ml_collections.ConfigDict` (the
-ml_collections convention; `--config=configs/x.py:arg` passes `arg`). Recipe files start from
+ml_collections convention; `--config=path/x.py:arg` passes `arg`). The recipes in storm_jax/configs/ also
+resolve by name, from any directory: `--config=storm_sft`, `--config=storm_grpo:tiny`. Recipe files start from
 `base_config()` so every run has the same key set; the loader then checks the result against that schema:
 unknown keys, wrong types and impossible mesh/batch sizes raise one `ConfigError` naming the key.
 
@@ -25,9 +26,11 @@ import ml_collections
 
 from storm_jax.models.qwen import ModelConfig
 
-#: Where the repository's config files live (an editable install / source checkout).
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: The recipes shipped in the package (storm_jax/configs/), resolvable by name: `--config=storm_sft`.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "tiny_cpu.py"
+#: Modules of CONFIGS_DIR that are not recipes.
+_NOT_RECIPES = ("__init__", "model_presets")
 
 LOSS_NORMS = ("token", "sequence")
 DECAYS = ("cosine", "linear", "constant")
@@ -150,31 +153,67 @@ def grpo_defaults() -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_config_file(spec: str | os.PathLike) -> ml_collections.ConfigDict:
-    """Run a config file's `get_config([arg])`. `spec` is `path` or `path:arg`.
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in the package (`--config=<name>`)."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if p.stem not in _NOT_RECIPES)
 
-    The file's directory is put on sys.path while it runs, so recipe files can `import model_presets`.
-    """
+
+def split_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
+    """`path[:arg]` -> (path, arg); a path that exists as given keeps its colons."""
     spec = str(spec)
-    path, arg = spec, None
     if ":" in spec and not Path(spec).exists():
         path, arg = spec.rsplit(":", 1)
+        return path, arg
+    return spec, None
+
+
+def resolve_config_path(path: str) -> Path:
+    """The config file a `--config` value names: an existing path, else a packaged recipe by name.
+
+    `storm_sft`, `storm_sft.py` and `configs/storm_sft.py` (the pre-package location, so old command lines
+    and scripts keep working from any directory) all name storm_jax/configs/storm_sft.py.
+    """
     p = Path(path)
-    if not p.is_file() and (CONFIGS_DIR / path).is_file():
-        p = CONFIGS_DIR / path
-    if not p.is_file():
-        raise ConfigError(f"config file {path!r} does not exist")
+    if p.is_file():
+        return p
+    if p.parent in (Path("."), Path("configs")) and p.suffix in ("", ".py"):
+        name = p.stem if p.suffix == ".py" else p.name
+        if name in recipe_names():
+            return CONFIGS_DIR / f"{name}.py"
+    raise ConfigError(
+        f"--config={path}: no such config file and no packaged recipe of that name "
+        f"(recipes: {', '.join(recipe_names())})"
+    )
+
+
+def load_config_file(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Run a config file's `get_config([arg])`. `spec` is `path` or `path:arg`, or a packaged recipe's name.
+
+    The file's directory is put on sys.path while it runs, so a config file can import its neighbours. A
+    file that declares `VARIANTS` (every packaged recipe does) gets only one of those as `arg`.
+    """
+    path, arg = split_spec(spec)
+    p = resolve_config_path(path)
     mod_name = f"_storm_config_{p.stem}"
     loader = importlib.util.spec_from_file_location(mod_name, p)
     module = importlib.util.module_from_spec(loader)
     sys.path.insert(0, str(p.parent))
     try:
         loader.loader.exec_module(module)
+    except Exception as e:  # a broken user config file: one line naming it, not the import traceback
+        raise ConfigError(f"{p}: failed to load ({type(e).__name__}: {e})") from None
     finally:
         sys.path.remove(str(p.parent))
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{p}: has no get_config() function")
-    cfg = module.get_config(arg) if arg is not None else module.get_config()
+    variants = getattr(module, "VARIANTS", None)
+    if arg is not None and variants is not None and arg not in variants:
+        known = ", ".join(variants) if variants else "none"
+        raise ConfigError(f"--config={path}:{arg}: unknown variant {arg!r} of {p.name} (variants: {known})")
+    try:
+        cfg = module.get_config(arg) if arg is not None else module.get_config()
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{p}: get_config({arg!r}) failed: {e}") from None
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(
             f"{p}: get_config() returned {type(cfg).__name__}, expected ml_collections.ConfigDict"
@@ -266,7 +305,7 @@ def load_config(
     *,
     num_devices: int | None = None,
 ) -> ml_collections.ConfigDict:
-    """Load a config file (default: configs/tiny_cpu.py), apply overrides, validate, and lock it."""
+    """Load a config file or recipe (default: tiny_cpu), apply overrides, validate, and lock it."""
     cfg = load_config_file(spec if spec is not None else DEFAULT_CONFIG)
     source = str(spec if spec is not None else DEFAULT_CONFIG)
     check_schema(cfg, base_config(), source=source)

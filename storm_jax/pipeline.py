@@ -22,11 +22,11 @@ import jax
 import ml_collections
 import numpy as np
 
-USAGE = """usage: storm-jax pipeline [--config=FILE[:ARG]] [--config.KEY=VALUE ...]
+USAGE = """usage: storm-jax pipeline [--config=RECIPE|FILE[:VARIANT]] [--config.KEY=VALUE ...]
 
-Runs SFT -> score -> GRPO -> score on the config's data (default: configs/storm_tiny.py, a tiny Qwen3 on the
-bundled synthetic problems, CPU, ~10 minutes) and writes a report, a reward curve PNG and checkpoints under
-config.workdir.
+Runs SFT -> score -> GRPO -> score on the config's data (default: the storm_tiny recipe, a tiny Qwen3 on the
+bundled synthetic problems, CPU, ~10 minutes; storm_tiny:smoke runs in seconds) and writes a report, a reward
+curve PNG and checkpoints under config.workdir. --config takes a packaged recipe's name or a file path.
 """
 
 
@@ -216,14 +216,16 @@ def run_pipeline(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any
 
 def main(argv: list[str]) -> int:
     """Entry point of `storm-jax pipeline`."""
-    if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0
     from storm_jax.config import ConfigError, load_config, parse_argv
 
     spec, overrides, other = parse_argv(argv)
+    if "-h" in other or "--help" in other:
+        print(USAGE)
+        return 0
     if other:
-        print(f"storm-jax pipeline: unknown arguments {other}\n\n{USAGE}", file=sys.stderr)
+        print(
+            f"storm-jax pipeline: unknown arguments {other} (see storm-jax pipeline --help)", file=sys.stderr
+        )
         return 2
     try:
         cfg = load_config(spec or DEFAULT_CONFIG, overrides, num_devices=jax.device_count())
@@ -235,10 +237,16 @@ def main(argv: list[str]) -> int:
             f"storm-jax pipeline: the config's recipe is {cfg.recipe!r}, expected 'pipeline'", file=sys.stderr
         )
         return 2
+    from storm_jax.cli_util import UsageError
+    from storm_jax.train.preflight import check_inputs
+
+    try:
+        check_inputs(cfg)  # missing or corrupt input files: one line before anything is built
+    except UsageError as e:
+        print(f"storm-jax pipeline: config error: {e}", file=sys.stderr)
+        return 2
     run_pipeline(cfg)
     return 0
 
 
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "storm_tiny.py"
-)
+DEFAULT_CONFIG = "storm_tiny"  # a packaged recipe (storm_jax/configs/storm_tiny.py)

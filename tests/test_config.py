@@ -28,14 +28,14 @@ def test_presets_match_published_parameter_counts():
     assert abs(counts["qwen3-8b"] / 1e9 - 8.19) < 0.03
     assert abs(counts["qwen2.5-7b"] / 1e9 - 7.62) < 0.02
     assert counts["qwen3-4b-thinking-2507"] == counts["qwen3-4b"]
-    cfg = load_config("configs/storm_sft.py", ["data.path=x.jsonl"], num_devices=8)
+    cfg = load_config("storm_sft", ["data.path=x.jsonl"], num_devices=8)
     assert model_config(cfg).rope_theta == 5e6 and model_config(cfg).max_position_embeddings == 262144
 
 
 def test_overrides_are_typed():
-    spec, ov, rest = parse_argv(["--config=configs/storm_sft.py", "--config.optim.lr=2e-5", "--config.mesh.fsdp",
+    spec, ov, rest = parse_argv(["--config=storm_sft", "--config.optim.lr=2e-5", "--config.mesh.fsdp",
                                  "4", "--config.mesh.data=2", "--config.data.pack=false", "--config.data.path=a.jsonl", "--x"])  # fmt: skip
-    assert spec == "configs/storm_sft.py" and rest == ["--x"]
+    assert spec == "storm_sft" and rest == ["--x"]
     cfg = load_config(spec, ov, num_devices=8)
     assert cfg.optim.lr == 2e-5 and isinstance(cfg.optim.lr, float)
     assert cfg.mesh.fsdp == 4 and cfg.mesh.data == 2 and cfg.data.pack is False and cfg.data.path == "a.jsonl"
@@ -59,20 +59,20 @@ def test_overrides_are_typed():
 )
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
-        load_config("configs/storm_sft.py", ["data.path=x.jsonl", override], num_devices=8)
+        load_config("storm_sft", ["data.path=x.jsonl", override], num_devices=8)
 
 
 def test_batch_must_divide_data_parallel_devices():
     with pytest.raises(ConfigError, match="data.batch_size"):
-        load_config("configs/tiny_cpu.py", ["data.batch_size=4", "mesh.fsdp=8"], num_devices=8)
+        load_config("tiny_cpu", ["data.batch_size=4", "mesh.fsdp=8"], num_devices=8)
 
 
 def test_pipeline_sft_and_grpo_prompts_must_match():
     """An SFT stage trained with an open <think> block and a GRPO stage prompting without it is refused."""
-    cfg = load_config("configs/storm_tiny.py", num_devices=1)
+    cfg = load_config("storm_tiny", num_devices=1)
     assert cfg.data.enable_thinking == cfg.grpo.enable_thinking
     with pytest.raises(ConfigError, match="grpo.enable_thinking"):
-        load_config("configs/storm_tiny.py", ["data.enable_thinking=True"], num_devices=1)
+        load_config("storm_tiny", ["data.enable_thinking=True"], num_devices=1)
 
 
 def test_unknown_key_in_file(tmp_path):
@@ -86,7 +86,7 @@ def test_unknown_key_in_file(tmp_path):
 
 
 def test_save_and_reload_roundtrip(tmp_path):
-    cfg = load_config("configs/tiny_cpu.py", ["optim.lr=0.5"], num_devices=2)
+    cfg = load_config("tiny_cpu", ["optim.lr=0.5"], num_devices=2)
     path = save_config(cfg, tmp_path)
     assert json.loads(path.read_text())["optim"]["lr"] == 0.5
     back = config_from_json(path)

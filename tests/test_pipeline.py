@@ -15,11 +15,11 @@ def test_smoke_pipeline_runs_every_stage(tmp_path):
     work = tmp_path / "run"
     # As a user runs it: its own process, the machine's real devices (not the suite's 8 fake ones).
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    cmd = [sys.executable, "-m", "storm_jax.cli", "pipeline", "--config=configs/storm_tiny.py:smoke",
+    cmd = [sys.executable, "-m", "storm_jax.cli", "pipeline", "--config=storm_tiny:smoke",
            f"--config.workdir={work}"]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = load_config("configs/storm_tiny.py:smoke", num_devices=1)
+    cfg = load_config("storm_tiny:smoke", num_devices=1)
     g = cfg.grpo
     report = json.loads((work / "report.json").read_text())
     # SFT ran its steps and its logged loss is the report's (a random model starts near ln(vocab))

@@ -433,7 +433,7 @@ def test_sft_data_command_reports_packing(fixture_file, capsys, tmp_path):
     assert report["rows"] == report["batches"] and report["loss_tokens_in_batches"] == report["loss_tokens"]
     assert report["packing_efficiency"] == pytest.approx(report["tokens"] / (report["rows"] * 192))
     bad = _write(tmp_path / "bad.jsonl", ["{"])
-    assert main([bad, "--seq-len", "64"]) == 1
+    assert main([bad, "--seq-len", "64"]) == 2  # a usage error, as in every command
     assert f"{bad}:1: invalid JSON" in capsys.readouterr().err
 
 

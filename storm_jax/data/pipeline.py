@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING, Literal
 
@@ -92,9 +93,17 @@ def default_num_bins(local_batch: int) -> int:
 
 
 def make_sft_dataset(
-    cfg: SFTDataConfig, tokenizer, *, process_index: int | None = None, process_count: int | None = None
+    cfg: SFTDataConfig,
+    tokenizer,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    drop_remainder: bool = True,
 ) -> tuple[grain.IterDataset, SFTStats]:
-    """(grain.IterDataset of local batches, SFTStats of the load) for this process."""
+    """(grain.IterDataset of local batches, SFTStats of the load) for this process.
+
+    drop_remainder=False keeps a last, smaller batch (measure_epoch counts what training would drop).
+    """
     import grain
 
     pi, pc = _process_layout(process_index, process_count)
@@ -126,7 +135,7 @@ def make_sft_dataset(
         it = pack_dataset(it, cfg.seq_len, num_bins=num_bins, seed=cfg.seed, shuffle_bins=cfg.shuffle)
     else:
         it = it.map(functools.partial(pad_document, seq_len=cfg.seq_len))
-    return it.batch(local_batch, drop_remainder=True), stats
+    return it.batch(local_batch, drop_remainder=drop_remainder), stats
 
 
 def make_sft_iterator(
@@ -141,44 +150,122 @@ def make_sft_iterator(
 
 
 def measure_epoch(cfg: SFTDataConfig, tokenizer, *, process_index: int = 0, process_count: int = 1) -> dict:
-    """Stats of the load plus batches and packing efficiency (non-pad share) of one pass over the data."""
+    """Stats of the load plus batches and packing efficiency (non-pad share) of one pass over the data.
+
+    `dropped_rows` / `loss_tokens_dropped_by_batching` are what the last, incomplete batch held: training
+    batches with drop_remainder, so those never reach the model.
+    """
     one_pass = dataclasses.replace(cfg, num_epochs=1)
     ds, stats = make_sft_dataset(
-        one_pass, tokenizer, process_index=process_index, process_count=process_count
+        one_pass, tokenizer, process_index=process_index, process_count=process_count, drop_remainder=False
     )
-    batches = nonpad = loss = 0
+    local_batch = local_batch_size(cfg, process_count)
+    batches = nonpad = loss = dropped_rows = dropped_loss = 0
     for b in ds:
+        n = int(b["segment_ids"].shape[0])
+        if n < local_batch:  # the remainder training drops
+            dropped_rows += n
+            dropped_loss += int(b["loss_mask"].sum())
+            continue
         batches += 1
         nonpad += int(np.count_nonzero(b["segment_ids"]))
         loss += int(b["loss_mask"].sum())
-    rows = batches * local_batch_size(cfg, process_count)
+    rows = batches * local_batch
     out = dataclasses.asdict(stats)
     out.update(
         batches=batches,
         rows=rows,
         packing_efficiency=nonpad / max(rows * cfg.seq_len, 1),
         loss_tokens_in_batches=loss,
+        dropped_rows=dropped_rows,
+        loss_tokens_dropped_by_batching=dropped_loss,
     )
     return out
 
 
-def main(argv: list[str]) -> int:
-    """`storm-jax sft-data PATH --seq-len N --batch-size B`: check a JSONL file and report its packing."""
-    import argparse
-    import json
+def _rows(n: int, packed: bool) -> str:
+    return f"{n} {'packed ' if packed else ''}row{'s' if n != 1 else ''}"
 
-    p = argparse.ArgumentParser(prog="storm-jax sft-data", description=main.__doc__)
+
+def report_warnings(report: dict, cfg: SFTDataConfig) -> list[str]:
+    """One line per thing the data loses on the way to the batches (truncation, drops, the last batch)."""
+    docs = report["local_rows"]
+    out = []
+    if report["bad_rows"]:
+        first = report["bad_row_messages"][0] if report["bad_row_messages"] else ""
+        out.append(f"{report['bad_rows']} bad rows skipped (first: {first})")
+    if report["truncated"]:
+        out.append(
+            f"{report['truncated']} of {docs} documents are longer than --seq-len {cfg.seq_len} and were "
+            "truncated: their ends are never trained on (--overlong drop drops them instead)"
+        )
+    if report["dropped_overlong"]:
+        out.append(
+            f"{report['dropped_overlong']} of {docs} documents are longer than --seq-len {cfg.seq_len} "
+            "and were dropped"
+        )
+    if report["dropped_no_loss"]:
+        why = " after truncation" if report["truncated"] else ""
+        out.append(
+            f"{report['dropped_no_loss']} of {docs} documents have no loss token{why} and were dropped"
+        )
+    if report["dropped_rows"]:
+        total = report["loss_tokens"]
+        lost = report["loss_tokens_dropped_by_batching"]
+        out.append(
+            f"{lost} of {total} loss tokens ({lost / max(total, 1):.1%}) are in no batch: the last "
+            f"{_rows(report['dropped_rows'], cfg.pack)} fill no whole batch of --batch-size {cfg.batch_size} "
+            "and are dropped"
+        )
+    return out
+
+
+PROG = "storm-jax sft-data"
+
+
+def build_parser():
+    """The argparse parser of `storm-jax sft-data`."""
+    import inspect
+
+    from storm_jax.cli_util import ArgumentParser
+
+    p = ArgumentParser(prog=PROG, description=inspect.cleandoc(main.__doc__ or ""))
     p.add_argument("path", help="JSONL file or glob")
-    p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-pack", action="store_true")
-    p.add_argument("--overlong", choices=("truncate", "drop"), default="truncate")
-    p.add_argument("--skip-bad-rows", action="store_true")
-    p.add_argument("--no-thinking", action="store_true")
+    p.add_argument("--seq-len", type=int, required=True, help="training positions per row")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per batch")
+    p.add_argument("--no-pack", action="store_true", help="one document per row (no packing)")
+    p.add_argument(
+        "--overlong", choices=("truncate", "drop"), default="truncate", help="documents over --seq-len"
+    )
+    p.add_argument("--skip-bad-rows", action="store_true", help="count malformed rows instead of stopping")
+    p.add_argument("--no-thinking", action="store_true", help="render prompts without an open <think>")
     p.add_argument(
         "--tokenizer", default=None, help="checkpoint directory with tokenizer files (default: Qwen3)"
     )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """`storm-jax sft-data PATH --seq-len N --batch-size B`: check a JSONL file and report its packing.
+
+    Prints the report (JSON) on stdout and, on stderr, one line for each kind of data lost on the way to
+    the batches. Exit status: 0, 1 when no batch with a loss token can be made, 2 for a usage error (a
+    bad flag, a missing file, a malformed row).
+    """
+    import json
+
+    from storm_jax.cli_util import UsageError, check_range, fail
+
+    prog = PROG
+    p = build_parser()
     a = p.parse_args(argv)
+    try:
+        check_range("--seq-len", a.seq_len, lo=1)
+        check_range("--batch-size", a.batch_size, lo=1)
+        if a.tokenizer is not None and not os.path.isdir(a.tokenizer):
+            raise UsageError(f"--tokenizer {a.tokenizer}: no such directory")
+    except UsageError as e:
+        return fail(prog, str(e))
     from storm_jax.tokenizer import load_tokenizer
 
     cfg = SFTDataConfig(
@@ -192,8 +279,16 @@ def main(argv: list[str]) -> int:
     )
     try:
         report = measure_epoch(cfg, load_tokenizer(a.tokenizer))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"storm-jax sft-data: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as e:
+        return fail(prog, str(e))
     print(json.dumps(report, indent=2))
+    for line in report_warnings(report, cfg):
+        print(f"{prog}: warning: {line}", file=sys.stderr)
+    if report["batches"] == 0 or report["loss_tokens_in_batches"] == 0:
+        print(
+            f"{prog}: nothing trainable: {report['examples']} documents make {report['batches']} full batches "
+            f"of --batch-size {cfg.batch_size} ({report['loss_tokens_in_batches']} loss tokens)",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -1,6 +1,6 @@
 """Default config: a tiny random Qwen3 trained on the bundled tiny SFT trajectories, on CPU, in minutes.
 
-`--config=configs/tiny_cpu.py:toy` is the same loop on random tokens with a 256-token vocabulary (no tokenizer,
+`--config=tiny_cpu:toy` is the same loop on random tokens with a 256-token vocabulary (no tokenizer,
 no data files): fast tests of the loop, checkpoints and resume.
 """
 
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import model_presets
-
 from storm_jax.config import base_config
+from storm_jax.configs import model_presets
 
-_RES = Path(__file__).resolve().parents[1] / "storm_jax" / "resources" / "tiny"
+_RES = Path(__file__).resolve().parents[1] / "resources" / "tiny"
+
+#: `--config=tiny_cpu:<variant>` choices (the loader refuses others).
+VARIANTS = {"toy": "random tokens, 256-token vocabulary: no tokenizer, no data files"}
 
 
 def get_config(arg: str | None = None):

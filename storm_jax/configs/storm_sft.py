@@ -1,15 +1,17 @@
 """STORM stage 1: SFT of Qwen3-4B-Thinking-2507 on CALM trajectories (tool-integrated reasoning).
 
 Hyper-parameters are not published for STORM's SFT; every value below marked GUESS is ours.
-Run: storm-jax train sft --config=configs/storm_sft.py --config.init_from_hf=/path/Qwen3-4B-Thinking-2507 \
+Run: storm-jax train sft --config=storm_sft --config.init_from_hf=/path/Qwen3-4B-Thinking-2507 \
        --config.data.path=calm_sft.jsonl --config.workdir=gs://.../storm_sft
 """
 
 from __future__ import annotations
 
-import model_presets
-
 from storm_jax.config import base_config
+from storm_jax.configs import model_presets
+
+#: `--config=storm_sft:<variant>` choices (the loader refuses others).
+VARIANTS: dict[str, str] = {}
 
 
 def get_config(arg: str | None = None):

@@ -2,10 +2,10 @@
 
 STORM's RL hyper-parameters are not published; the values marked INFERRED come from CoRT (same first authors,
 same recipe family; DESIGN.md §4). Values marked GUESS are ours.
-Run: storm-jax train grpo --config=configs/storm_grpo.py --config.init_from_hf=/path/storm_sft_export \
+Run: storm-jax train grpo --config=storm_grpo --config.init_from_hf=/path/storm_sft_export \
        --config.grpo.problems_path=train_problems.jsonl --config.workdir=gs://.../storm_grpo
 
-`--config=configs/storm_grpo.py:tiny` is the same recipe on a tiny random Qwen3 and the bundled arith
+`--config=storm_grpo:tiny` is the same recipe on a tiny random Qwen3 and the bundled arith
 problems (CPU, minutes).
 """
 
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import model_presets
-
 from storm_jax.config import base_config
+from storm_jax.configs import model_presets
 
-_RES = Path(__file__).resolve().parents[1] / "storm_jax" / "resources" / "tiny"
+_RES = Path(__file__).resolve().parents[1] / "resources" / "tiny"
+
+#: `--config=storm_grpo:<variant>` choices (the loader refuses others).
+VARIANTS = {"tiny": "the same recipe on a tiny random Qwen3 and the bundled arith problems (CPU)"}
 
 SYSTEM_PROMPT = (
     "You are an expert in operations research. Model the problem, write a Python program using pyomo with the "

@@ -8,10 +8,12 @@ reliably — the point is that every stage of the real recipe runs and is measur
 
 from __future__ import annotations
 
-import storm_grpo
-import tiny_cpu
+from storm_jax.configs import storm_grpo, tiny_cpu
 
 _RES = tiny_cpu._RES
+
+#: `--config=storm_tiny:<variant>` choices (the loader refuses others).
+VARIANTS = {"smoke": "seconds: a few steps of every stage (plumbing tests)"}
 
 
 def get_config(arg: str | None = None):
