@@ -4,6 +4,7 @@ tool turns, resume-from-cache equals a fresh prefill, eviction of paused request
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import threading
 import time
 
@@ -209,3 +210,120 @@ def execu_tail(n):
         + "ZeroDivisionError: division by zero\n"
     )
     return stderr[-n:]
+
+
+# ------------------------------------------------------------------------------------------ intervention hooks
+
+HINT = "\n[hint: check the capacity constraint]\n"
+
+
+def _hint_hook(tok):
+    """A non-code intervention: after the model's first sentence, insert HINT once (kind `hint`)."""
+    import re
+
+    from storm_jax.sampling.sampler import KIND_HINT, HostTokens, ToolHooks
+
+    def on_pause(seq, match):
+        seq.info["hinted"] = True
+        return HostTokens(tuple(encode_segment(tok, Segment("hint", HINT))), KIND_HINT)
+
+    return ToolHooks(
+        re.compile(r"\.\s"), on_pause, kind=KIND_HINT, enabled=lambda seq: not seq.info.get("hinted")
+    )
+
+
+@pytest.mark.parametrize("loss_kinds", [("model",), ("model", "hint")])
+def test_hint_hook_spans_masks_cache_and_token_row(setup, loss_kinds):
+    from storm_jax.data.sft import parse_row, tokenize_row
+    from storm_jax.sampling.rollout import trajectory_to_sft_row
+
+    tok, params = setup
+    eos = tuple(eos_ids(tok))
+    prompt = encode_prompt(tok, [{"role": "user", "content": "Minimize cost."}])
+    first = Segment("text", "First I read the data. ")
+    rest = Segment("text", "Then I build the model and \\boxed{7}.")
+    forced = _ids(tok, [first, rest]) + [eos[0]]
+    rc = RolloutConfig(
+        sampling=SamplingParams(temperature=0.0, max_new_tokens=120, eos_ids=eos),
+        tools=False,
+        loss_kinds=loss_kinds,
+    )
+    sampler = Sampler(params, CFG, ENGINE)
+    (traj,) = rollout(
+        params,
+        CFG,
+        tok,
+        [RolloutRequest(prompt, forced=forced)],
+        rc,
+        None,
+        sampler=sampler,
+        hooks=[_hint_hook(tok)],
+    )
+    hint_ids = encode_segment(tok, Segment("hint", HINT))
+    # The hook fired once, right after the token completing ". " (the forced ids continue after the hint).
+    kinds = traj.kinds
+    h0 = kinds.index("hint")
+    assert kinds[h0 : h0 + len(hint_ids)] == ["hint"] * len(hint_ids) and kinds.count("hint") == len(hint_ids)
+    assert traj.response_ids[h0 : h0 + len(hint_ids)] == hint_ids
+    model_ids = [t for t, k in zip(traj.response_ids, kinds) if k == "model"]
+    assert model_ids == forced
+    assert tok.decode(traj.response_ids[:h0]).endswith(". ") or tok.decode(traj.response_ids[:h0]).endswith(
+        "."
+    )
+    assert [s.kind for s in traj.segments] == ["text", "hint", "text"]
+    assert traj.segments[1].text == HINT
+    # Masks follow the configured kinds; hint tokens carry log-prob 0 (not sampled).
+    assert traj.loss_mask == [int(k in loss_kinds) for k in kinds]
+    assert all(traj.logprobs_raw[j] == 0.0 for j in range(h0, h0 + len(hint_ids)))
+    assert traj.stop_reason == "eos"
+    # The cache after resuming from the inserted hint equals a fresh prefill of the whole sequence.
+    seq = traj.prompt_ids + traj.response_ids[:-1]
+    _, fresh = forward(params, jnp.asarray([seq]), CFG, kv_cache=init_cache(CFG, 1, len(seq)))
+    k, _ = sampler.cache_rows(0, len(seq))
+    np.testing.assert_allclose(
+        k, np.asarray(fresh.k[:, 0]), atol=reorder_atol(fresh.k, keys_depth(CFG, len(seq)))
+    )
+    # Trajectory -> token-level SFT row -> SFT tokenization: ids and mask exactly as sampled.
+    row = trajectory_to_sft_row(traj)
+    assert row["response_ids"] == traj.response_ids and row["prompt_ids"] == traj.prompt_ids
+    ex = tokenize_row(parse_row(json.loads(json.dumps(row)), "t:1"), tok)
+    assert ex.ids.tolist() == traj.prompt_ids + traj.response_ids
+    assert ex.mask.tolist() == [0] * len(traj.prompt_ids) + traj.loss_mask
+    # The segment-level row keeps the hint as a context-only segment.
+    seg_row = trajectory_to_sft_row(
+        traj, level="segment", messages=[{"role": "user", "content": "Minimize cost."}]
+    )
+    assert [s["kind"] for s in seg_row["segments"]] == ["text", "hint", "text"]
+
+
+def test_request_from_a_prefix_with_kinds_continues_like_the_full_context(setup):
+    """A request that starts from a prefix (model ids + a hint) keeps it exactly, with its kinds, and greedy
+    continuation equals greedy decoding of a prompt that holds the same ids."""
+    tok, params = setup
+    prompt = encode_prompt(tok, [{"role": "user", "content": "Solve it."}])
+    model_part = _ids(tok, [Segment("text", "Step one is done.")])
+    hint_part = encode_segment(tok, Segment("hint", HINT))
+    prefix = model_part + hint_part
+    kinds = ["model"] * len(model_part) + ["hint"] * len(hint_part)
+    rc = RolloutConfig(sampling=SamplingParams(temperature=0.0, max_new_tokens=len(prefix) + 24), tools=False)
+    sampler = Sampler(params, CFG, ENGINE)
+    (traj,) = rollout(
+        params,
+        CFG,
+        tok,
+        [RolloutRequest(prompt, prefix_ids=prefix, prefix_kinds=kinds)],
+        rc,
+        None,
+        sampler=sampler,
+    )
+    assert traj.response_ids[: len(prefix)] == prefix
+    assert traj.kinds[: len(prefix)] == kinds and set(traj.kinds[len(prefix) :]) == {"model"}
+    assert traj.loss_mask[: len(prefix)] == [1] * len(model_part) + [0] * len(hint_part)
+    rc_plain = RolloutConfig(sampling=SamplingParams(temperature=0.0, max_new_tokens=24), tools=False)
+    (plain,) = rollout(params, CFG, tok, [RolloutRequest(prompt + prefix)], rc_plain, None, sampler=sampler)
+    assert traj.response_ids[len(prefix) :] == plain.response_ids
+    with pytest.raises(ValueError, match="prefix_kinds"):
+        rollout(
+            params, CFG, tok, [RolloutRequest(prompt, prefix_ids=prefix, prefix_kinds=["model"])], rc, None,
+            sampler=sampler,
+        )  # fmt: skip

@@ -18,6 +18,13 @@ Two row formats are accepted (one JSON object per line; blank lines are ignored)
   segment by segment exactly as a rollout produces it (`encode_prompt` + `encode_assistant_segments`).
   Text and code carry loss; output and hint segments are context only.
 
+* token rows, written from rollouts (`storm_jax.sampling.rollout.trajectory_to_sft_row`)::
+
+      {"prompt_ids": [int, ...], "response_ids": [int, ...], "loss_mask": [0|1, ...], "kinds": [...]?}
+
+  The ids are used exactly as given (token-in/token-out: what the model sampled is what it trains on); the
+  prompt carries no loss, each response id the given mask entry. No chat template is applied.
+
 Documents become next-token training features (`example_features`): a document of ids x[0..n-1] with the
 assistant-written flags m[0..n-1] gives tokens = x[:-1], targets = x[1:], loss_mask = m[1:] - the weight of
 predicting targets[t] is the flag of the TARGET token. Because the shift happens per document, before
@@ -56,6 +63,8 @@ class SFTRow:
     source: str  # "<file>:<line>"
     messages: tuple[dict, ...]
     segments: tuple[Segment, ...] | None = None
+    token_ids: tuple[int, ...] | None = None  # token rows: prompt + response ids, and their loss mask
+    token_mask: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +141,8 @@ def parse_row(obj: Any, source: str = "<row>") -> SFTRow:
     """Validate one decoded JSON row; raises ValueError saying what is wrong (without the location)."""
     if not isinstance(obj, dict):
         raise ValueError(f"row must be a JSON object, got {type(obj).__name__}")
+    if "response_ids" in obj or "prompt_ids" in obj:
+        return _parse_token_row(obj, source)
     raw = obj.get("messages")
     if not isinstance(raw, list) or not raw:
         raise ValueError("'messages' must be a non-empty list of {role, content} objects")
@@ -158,6 +169,32 @@ def parse_row(obj: Any, source: str = "<row>") -> SFTRow:
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("chat row has no assistant message (and no 'segments'): nothing to train on")
     return SFTRow(source, messages, None)
+
+
+def _int_list(obj: dict, key: str, allowed: tuple[int, ...] | None = None) -> list[int]:
+    v = obj.get(key)
+    if not isinstance(v, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in v):
+        raise ValueError(f"'{key}' must be a list of integers")
+    if allowed is not None and any(t not in allowed for t in v):
+        raise ValueError(f"'{key}' entries must be one of {allowed}")
+    if any(t < 0 for t in v):
+        raise ValueError(f"'{key}' has a negative id")
+    return v
+
+
+def _parse_token_row(obj: dict, source: str) -> SFTRow:
+    prompt = _int_list(obj, "prompt_ids")
+    response = _int_list(obj, "response_ids")
+    mask = _int_list(obj, "loss_mask", (0, 1))
+    if not prompt or not response:
+        raise ValueError("'prompt_ids' and 'response_ids' must be non-empty")
+    if len(mask) != len(response):
+        raise ValueError(f"'loss_mask' has {len(mask)} entries for {len(response)} response_ids")
+    if "kinds" in obj and (not isinstance(obj["kinds"], list) or len(obj["kinds"]) != len(response)):
+        raise ValueError(f"'kinds' must be a list of {len(response)} span kinds")
+    if not any(mask):
+        raise ValueError("'loss_mask' is all 0: nothing the model wrote to train on")
+    return SFTRow(source, (), None, tuple(prompt + response), tuple([0] * len(prompt) + mask))
 
 
 def read_rows(
@@ -240,7 +277,9 @@ def tokenize_row(row: SFTRow, tokenizer, *, enable_thinking: bool = True) -> Tok
     """Token ids and assistant-written flags of a row, through the project's chat template."""
     from storm_jax.tokenizer import encode_assistant_segments, encode_chat
 
-    if row.segments is None:
+    if row.token_ids is not None:
+        ids, mask = list(row.token_ids), list(row.token_mask)
+    elif row.segments is None:
         ids, mask = encode_chat(tokenizer, list(row.messages), enable_thinking=enable_thinking)
     else:
         prompt, segments = _trajectory_prompt_and_segments(tokenizer, row, enable_thinking)

@@ -1,4 +1,14 @@
-"""Multi-turn tool-use rollouts (DESIGN.md §2) on top of the continuous-batching sampler.
+"""Multi-turn rollouts with intervention hooks on top of the continuous-batching sampler.
+
+Hooks (storm_jax.sampling.sampler.ToolHooks) pause a request, append host tokens and resume it from its cached
+prefix. The code interpreter (`code_interpreter_hook`) is one; CALM's hint inserter and StepORLM's final-code
+runner are others, passed to `rollout(..., hooks=[...])`. Every response token carries a span kind (`model`,
+`tool_output`, `hint`) recorded when it was appended; the loss mask is derived from the kinds by
+`RolloutConfig.loss_kinds`. A request may start from a token prefix with per-token kinds (`prefix_ids`,
+`prefix_kinds`). `trajectory_to_sft_row` turns a trajectory into an SFT row at token level (ids and masks kept
+exactly) or at segment level. The trajectory format itself is described in docs/architecture.md.
+
+Code interpreter:
 
 A request decodes until it closes a ```` ```python ```` block; it then pauses (its slot keeps decoding nothing,
 or is lent to a queued request), the code goes to the executor, and when the result is back the host-written
@@ -28,7 +38,18 @@ from storm_jax.data.format import CODE_CLOSE, CODE_OPEN, Segment, output_segment
 from storm_jax.execution.answers import Answer, answer_from_text
 from storm_jax.models.qwen import ModelConfig, Params
 from storm_jax.parallel.mesh import MeshRules
-from storm_jax.sampling.sampler import EngineConfig, Request, Sampler, SamplingParams, Sequence_, ToolHooks
+from storm_jax.sampling.requests import KIND_HINT, KIND_MODEL, KIND_TOOL_OUTPUT, SPAN_KINDS
+from storm_jax.sampling.sampler import (
+    EngineConfig,
+    Request,
+    Sampler,
+    SamplingParams,
+    Sequence_,
+    ToolHooks,
+)
+
+#: Segment kind (storm_jax.data.format) of the host-written span kinds.
+_SEGMENT_OF_KIND = {KIND_TOOL_OUTPUT: "output", KIND_HINT: "hint"}
 
 #: First complete code block of the current model-written run (empty code allowed).
 CODE_BLOCK_RE = re.compile(re.escape(CODE_OPEN) + r"(?:.*?\n)??```", re.DOTALL)
@@ -50,24 +71,37 @@ class RolloutConfig:
     max_output_chars: int = 2000
     stderr_tail_chars: int = 1000
     exec_timeout_s: float | None = None  # None: the executor's default
+    loss_kinds: tuple[str, ...] = (KIND_MODEL,)  # span kinds whose tokens carry loss (Trajectory.loss_mask)
+
+    def __post_init__(self):
+        bad = [k for k in self.loss_kinds if k not in SPAN_KINDS]
+        if bad:
+            raise ValueError(
+                f"RolloutConfig.loss_kinds: unknown span kinds {bad} (known: {list(SPAN_KINDS)})"
+            )
 
 
 @dataclasses.dataclass
 class RolloutRequest:
-    """One prompt (ids, generation prompt included) to sample n times. `forced`: teacher-forced model ids."""
+    """One prompt (ids, generation prompt included) to sample n times. `forced`: teacher-forced model ids.
+
+    `prefix_ids` / `prefix_kinds`: the response so far (e.g. CALM's steps before a flaw plus a hint), kept
+    exactly at the head of the trajectory; sampling continues after it."""
 
     prompt_ids: list[int]
     n: int = 1
     seed: int = 0
     forced: list[int] | None = None
     meta: dict = dataclasses.field(default_factory=dict)
+    prefix_ids: list[int] | None = None
+    prefix_kinds: list[str] | None = None
 
 
 @dataclasses.dataclass
 class SegmentSpan:
     """A segment of the response and its token span [start, end) in `response_ids`."""
 
-    kind: str  # text | code | output
+    kind: str  # text | code | output | hint
     text: str
     start: int
     end: int
@@ -97,7 +131,7 @@ class Trajectory:
     sample_index: int
     prompt_ids: list[int]
     response_ids: list[int]
-    loss_mask: list[int]  # 1 = model-written (incl. the final eos), 0 = output blocks
+    loss_mask: list[int]  # 1 where the token's kind is in RolloutConfig.loss_kinds (default: model-written)
     logprobs: list[float]  # sampler log-probs (the sampled distribution); 0 on masked ids
     logprobs_raw: list[float]  # log_softmax(logits)[id] at T=1, untruncated; 0 on masked ids
     segments: list[SegmentSpan]
@@ -106,6 +140,7 @@ class Trajectory:
     stop_reason: str  # eos | stop | max_tokens | max_tool_calls
     text: str  # decoded response
     meta: dict = dataclasses.field(default_factory=dict)
+    kinds: list[str] = dataclasses.field(default_factory=list)  # span kind of every response token
 
     @property
     def num_tool_calls(self) -> int:
@@ -144,17 +179,17 @@ def _code_of(block: str) -> str:
     return body[: -len("```")].removesuffix("\n") if body.endswith("```") else body
 
 
-def _segments(seq: Sequence_, decode, execs: list[Execution]) -> list[SegmentSpan]:
-    """Split the response into text / code / output spans from the loss mask and the code fences."""
+def _segments(seq: Sequence_, decode) -> list[SegmentSpan]:
+    """Split the response into text / code / output / hint spans from the span kinds and the code fences."""
     out: list[SegmentSpan] = []
-    toks, mask = seq.tokens, seq.loss_mask
+    toks, kinds = seq.tokens, seq.kinds
     i = 0
     while i < len(toks):
         j = i
-        while j < len(toks) and mask[j] == mask[i]:
+        while j < len(toks) and kinds[j] == kinds[i]:
             j += 1
-        if mask[i] == 0:
-            out.append(SegmentSpan("output", decode(toks[i:j]), i, j))
+        if kinds[i] != KIND_MODEL:
+            out.append(SegmentSpan(_SEGMENT_OF_KIND[kinds[i]], decode(toks[i:j]), i, j))
         else:
             run = toks[i:j]
             ends_in_code = j < len(toks) or seq.info.get("last_turn_code", False)
@@ -173,34 +208,12 @@ def _segments(seq: Sequence_, decode, execs: list[Execution]) -> list[SegmentSpa
     return out
 
 
-def rollout(
-    params: Params,
-    cfg: ModelConfig,
-    tokenizer,
-    requests: Sequence[RolloutRequest],
-    rollout_cfg: RolloutConfig,
-    executor: Executor | None,
-    *,
-    engine: EngineConfig | None = None,
-    sampler: Sampler | None = None,
-    mesh_rules: MeshRules | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> list[Trajectory]:
-    """Sample every request n times with tool use; trajectories ordered by request, then sample.
-
-    Pass a long-lived `sampler` (its cache is reused; set `sampler.params` after a weight update) or an
-    `engine` config to build one. `executor` may be None only with `rollout_cfg.tools=False`.
-    """
+def code_interpreter_hook(
+    tokenizer, rollout_cfg: RolloutConfig, executor: Executor, executions: dict[int, list[Execution]]
+) -> ToolHooks:
+    """The code interpreter as an intervention hook: a closed ```python block runs in `executor`; its output
+    block is appended (kind `tool_output`) and the record goes to `executions[seq.uid]`."""
     from storm_jax.tokenizer import encode_segment
-
-    if rollout_cfg.tools and executor is None:
-        raise ValueError("rollout with tools=True needs an executor")
-    if sampler is None:
-        sampler = Sampler(params, cfg, engine or EngineConfig(), mesh_rules=mesh_rules)
-    else:
-        sampler.params = params
-    decode = make_decode(tokenizer)
-    executions: dict[int, list[Execution]] = {}
 
     def on_pause(seq: Sequence_, block: str):
         calls = seq.info.setdefault("tool_calls", 0)
@@ -223,43 +236,71 @@ def rollout(
         ids = encode_segment(tokenizer, seg)
         start = len(seq.tokens)
         if isinstance(result, BaseException):
-            ex = Execution(
-                seq.info["code"],
-                "error",
-                "",
-                repr(result),
-                None,
-                0.0,
-                None,
-                seg.text,
-                start,
-                start + len(ids),
-            )
+            fields = ("error", "", repr(result), None, 0.0, None)
         else:
-            ex = Execution(
-                seq.info["code"],
+            fields = (
                 result.status,
                 result.stdout,
                 result.stderr,
                 result.answer,
                 result.duration_s,
                 result.returncode,
-                seg.text,
-                start,
-                start + len(ids),
             )
+        ex = Execution(seq.info["code"], *fields, seg.text, start, start + len(ids))
         executions.setdefault(seq.uid, []).append(ex)
         return ids
 
-    hooks = ToolHooks(CODE_BLOCK_RE, on_pause, on_result) if rollout_cfg.tools else None
+    return ToolHooks(CODE_BLOCK_RE, on_pause, on_result, kind=KIND_TOOL_OUTPUT)
+
+
+def rollout(
+    params: Params,
+    cfg: ModelConfig,
+    tokenizer,
+    requests: Sequence[RolloutRequest],
+    rollout_cfg: RolloutConfig,
+    executor: Executor | None,
+    *,
+    engine: EngineConfig | None = None,
+    sampler: Sampler | None = None,
+    mesh_rules: MeshRules | None = None,
+    progress: Callable[[int], None] | None = None,
+    hooks: Sequence[ToolHooks] = (),
+) -> list[Trajectory]:
+    """Sample every request n times with tool use; trajectories ordered by request, then sample.
+
+    Pass a long-lived `sampler` (its cache is reused; set `sampler.params` after a weight update) or an
+    `engine` config to build one. `executor` may be None only with `rollout_cfg.tools=False`. `hooks`: more
+    intervention hooks beside the code interpreter (which `rollout_cfg.tools` switches on).
+    """
+    if rollout_cfg.tools and executor is None:
+        raise ValueError("rollout with tools=True needs an executor")
+    if sampler is None:
+        sampler = Sampler(params, cfg, engine or EngineConfig(), mesh_rules=mesh_rules)
+    else:
+        sampler.params = params
+    decode = make_decode(tokenizer)
+    executions: dict[int, list[Execution]] = {}
+    all_hooks = list(hooks)
+    if rollout_cfg.tools:
+        all_hooks.insert(0, code_interpreter_hook(tokenizer, rollout_cfg, executor, executions))
     reqs = [
-        Request(r.prompt_ids, rollout_cfg.sampling, n=r.n, seed=r.seed, forced=r.forced) for r in requests
+        Request(
+            r.prompt_ids,
+            rollout_cfg.sampling,
+            n=r.n,
+            seed=r.seed,
+            forced=r.forced,
+            prefix=r.prefix_ids,
+            prefix_kinds=r.prefix_kinds,
+        )
+        for r in requests
     ]
-    groups = sampler.run(reqs, decode=decode, hooks=hooks, progress=progress)
+    groups = sampler.run(reqs, decode=decode, hooks=all_hooks or None, progress=progress)
+    loss_kinds = frozenset(rollout_cfg.loss_kinds)
     out = []
     for r, group in zip(requests, groups):
         for seq in group:
-            ex = executions.get(seq.uid, [])
             text = decode(seq.tokens)
             out.append(
                 Trajectory(
@@ -267,18 +308,56 @@ def rollout(
                     sample_index=seq.sample_index,
                     prompt_ids=seq.prompt,
                     response_ids=seq.tokens,
-                    loss_mask=seq.loss_mask,
+                    loss_mask=[int(k in loss_kinds) for k in seq.kinds],
                     logprobs=seq.logprobs_sampling,
                     logprobs_raw=seq.logprobs_raw,
-                    segments=_segments(seq, decode, ex),
-                    executions=ex,
+                    segments=_segments(seq, decode),
+                    executions=executions.get(seq.uid, []),
                     answer=answer_from_text(text),
                     stop_reason=seq.stop_reason,
                     text=text,
                     meta=dict(r.meta),
+                    kinds=list(seq.kinds),
                 )
             )
     return out
+
+
+def trajectory_to_sft_row(
+    traj: Trajectory,
+    *,
+    level: str = "token",
+    messages: Sequence[dict] | None = None,
+    loss_kinds: Sequence[str] | None = None,
+) -> dict:
+    """An SFT row (storm_jax.data.sft reads both levels) from a trajectory.
+
+    level="token": {"prompt_ids", "response_ids", "loss_mask", "kinds"} with the ids exactly as sampled (no
+    re-tokenization: token-in/token-out through SFT); the mask is the trajectory's, or recomputed from
+    `loss_kinds`. level="segment": {"messages", "segments"} (text), which SFT re-tokenizes segment by segment;
+    `messages` (the prompt conversation, ending with the user turn) is required there.
+    """
+    if level == "token":
+        mask = traj.loss_mask
+        if loss_kinds is not None:
+            keep = frozenset(loss_kinds)
+            mask = [int(k in keep) for k in traj.kinds]
+        row = {
+            "prompt_ids": list(traj.prompt_ids),
+            "response_ids": list(traj.response_ids),
+            "loss_mask": list(mask),
+            "kinds": list(traj.kinds),
+        }
+    elif level == "segment":
+        if not messages:
+            raise ValueError("a segment-level SFT row needs the prompt `messages`")
+        row = {"messages": [dict(m) for m in messages], "segments": [s.to_json() for s in traj.to_segments()]}
+    else:
+        raise ValueError(f"level must be 'token' or 'segment', got {level!r}")
+    for key in ("id", "answer"):
+        if key in traj.meta:
+            row[key] = traj.meta[key]
+    return row
 
 
 __all__ = [
@@ -290,7 +369,9 @@ __all__ = [
     "RolloutRequest",
     "SegmentSpan",
     "Trajectory",
+    "code_interpreter_hook",
     "execution_output_text",
     "make_decode",
     "rollout",
+    "trajectory_to_sft_row",
 ]

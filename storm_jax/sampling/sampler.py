@@ -60,6 +60,7 @@ from storm_jax.parallel.mesh import MeshRules
 from storm_jax.sampling.distribution import argmax_logsumexp, processed_logprobs, sample_step
 from storm_jax.sampling.engine import _copy_rows, compile_counts, decode_chunk, prefill_rows
 from storm_jax.sampling.requests import (
+    KIND_HINT,
     KIND_MODEL,
     KIND_TOOL_OUTPUT,
     MAX_EOS,
@@ -559,6 +560,10 @@ __all__ = [
     "MAX_EOS",
     "EngineConfig",
     "HostTokens",
+    "KIND_HINT",
+    "KIND_MODEL",
+    "KIND_TOOL_OUTPUT",
+    "SPAN_KINDS",
     "Request",
     "Sampler",
     "SamplingParams",
