@@ -75,13 +75,14 @@ RULE_PRESETS: dict[str, Rules] = {
     "replicated": _preset(batch=None, embed=None, **_NO_TP, **_UNSHARDED),
 }
 
-#: Default logical -> mesh rules for training (and anything that does not say otherwise).
-DEFAULT_RULES: Rules = RULE_PRESETS["fsdp_tp"]
-#: Default rules for the sampler's prefill/decode. Kept separate from the trainer's so a sampler mesh and
-#: layout can differ later; today it is the same table, so sampling sees the params as training placed them.
-DEFAULT_SAMPLER_RULES: Rules = RULE_PRESETS["fsdp_tp"]
+#: Default preset for training (and anything that does not say otherwise).
 DEFAULT_PRESET = "fsdp_tp"
+#: Default preset for the sampler's prefill/decode. Kept separate from the trainer's so a sampler mesh and
+#: layout can differ later; today it is the same table, so sampling sees the params as training placed them.
 DEFAULT_SAMPLER_PRESET = "fsdp_tp"
+#: The default tables themselves (what MeshRules(mesh) uses).
+DEFAULT_RULES: Rules = RULE_PRESETS[DEFAULT_PRESET]
+DEFAULT_SAMPLER_RULES: Rules = RULE_PRESETS[DEFAULT_SAMPLER_PRESET]
 
 
 def _target(key: str, value: Any, mesh_axes: Sequence[str]) -> str | tuple[str, ...] | None:
