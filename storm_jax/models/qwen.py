@@ -4,8 +4,10 @@
 passed in and returned explicitly, nothing is hidden in objects. Layers are stacked on a leading `layers` axis
 and run under `lax.scan`, which keeps compile time flat in depth and lets remat wrap one layer body.
 
-Every parameter carries logical axis names (`param_logical_axes`) and activations are constrained with
-logical names through `storm_jax.parallel.constrain`, so the same code shards over any mesh.
+The parameter layout (shapes, dtypes, logical axes, initializers) is one table, `param_specs` in
+`storm_jax.models.spec`; the KV cache's is `cache_specs` in `storm_jax.models.cache`. Both are re-exported
+here. Activations are constrained with logical names through `storm_jax.parallel.constrain`, so the same code
+shards over any mesh under any rules preset.
 
 Conventions matching transformers' `Qwen2ForCausalLM` / `Qwen3ForCausalLM`:
 - RoPE is the non-interleaved "rotate half" form; YaRN / linear scaling as in `modeling_rope_utils`.
@@ -17,15 +19,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from storm_jax.models.cache import (  # noqa: F401 - re-exported: callers import the cache API from here
+    CACHE_LENGTHS_LOGICAL_AXES,
+    CACHE_LOGICAL_AXES,
+    KVCache,
+    abstract_cache,
+    cache_logical_axes,
+    cache_shape,
+    cache_shardings,
+    cache_specs,
+    init_cache,
+)
+from storm_jax.models.spec import (  # noqa: F401 - re-exported: callers import the params API from here
+    ArraySpec,
+    Params,
+    abstract_params,
+    init_params,
+    param_logical_axes,
+    param_shapes,
+    param_shardings,
+    param_specs,
+)
+from storm_jax.models.spec import num_params as _num_params
 from storm_jax.parallel.mesh import MeshRules, constrain
-
-Params = dict[str, Any]
 
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give no NaN
 
@@ -95,8 +116,7 @@ class ModelConfig:
 
     def num_params(self) -> int:
         """Parameter count from the config alone (no arrays)."""
-        shapes = jax.tree.leaves(param_shapes(self), is_leaf=lambda x: isinstance(x, tuple))
-        return sum(int(np.prod(s)) for s in shapes)
+        return _num_params(self)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training (forward + backward) FLOPs per token: 6 x matmul params + causal attention scores.
@@ -119,128 +139,8 @@ _REMAT_POLICIES = {
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Parameters: shapes, logical axes, init
+# Parameter layout
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def param_shapes(cfg: ModelConfig) -> Params:
-    """Shapes of every parameter (a pytree of tuples), the single source of the params layout."""
-    L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    H, K, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    layers = {
-        "attn_norm": (L, D),
-        "q": (L, D, H, hd),
-        "k": (L, D, K, hd),
-        "v": (L, D, K, hd),
-        "o": (L, H, hd, D),
-        "mlp_norm": (L, D),
-        "gate": (L, D, F),
-        "up": (L, D, F),
-        "down": (L, F, D),
-    }
-    if cfg.qkv_bias:
-        layers.update(q_bias=(L, H, hd), k_bias=(L, K, hd), v_bias=(L, K, hd))
-    if cfg.qk_norm:
-        layers.update(q_norm=(L, hd), k_norm=(L, hd))
-    shapes: Params = {"embed": (V, D), "layers": layers, "final_norm": (D,)}
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (D, V)
-    return shapes
-
-
-_LOGICAL = {
-    "embed": ("vocab", "embed"),
-    "lm_head": ("embed", "vocab"),
-    "final_norm": ("norm",),
-    "attn_norm": ("layers", "norm"),
-    "mlp_norm": ("layers", "norm"),
-    "q": ("layers", "embed", "heads", "head_dim"),
-    "k": ("layers", "embed", "kv_heads", "head_dim"),
-    "v": ("layers", "embed", "kv_heads", "head_dim"),
-    "o": ("layers", "heads", "head_dim", "embed"),
-    "q_bias": ("layers", "heads", "head_dim"),
-    "k_bias": ("layers", "kv_heads", "head_dim"),
-    "v_bias": ("layers", "kv_heads", "head_dim"),
-    "q_norm": ("layers", "head_dim"),
-    "k_norm": ("layers", "head_dim"),
-    "gate": ("layers", "embed", "mlp"),
-    "up": ("layers", "embed", "mlp"),
-    "down": ("layers", "mlp", "embed"),
-}
-
-
-def param_logical_axes(cfg: ModelConfig) -> Params:
-    """Logical axis names of every parameter, same structure as the params."""
-    shapes = param_shapes(cfg)
-    out: Params = {k: _LOGICAL[k] for k in shapes if k != "layers"}
-    out["layers"] = {k: _LOGICAL[k] for k in shapes["layers"]}
-    return out
-
-
-def abstract_params(cfg: ModelConfig) -> Params:
-    """ShapeDtypeStructs of the params (for AOT compilation and checkpoint restore targets)."""
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s, cfg.weight_dtype),
-        param_shapes(cfg),
-        is_leaf=lambda x: isinstance(x, tuple),
-    )
-
-
-def init_params(cfg: ModelConfig, key: jax.Array, std: float = 0.02) -> Params:
-    """Random init: normal(std) for matrices, ones for norms, zeros for biases."""
-    shapes = param_shapes(cfg)
-    flat, treedef = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
-    keys = jax.random.split(key, len(flat))
-    leaves = []
-    for (path, shape), k in zip(flat, keys):
-        name = path[-1].key
-        if name.endswith("norm"):
-            leaves.append(jnp.ones(shape, cfg.weight_dtype))
-        elif name.endswith("bias"):
-            leaves.append(jnp.zeros(shape, cfg.weight_dtype))
-        else:
-            leaves.append((std * jax.random.normal(k, shape, jnp.float32)).astype(cfg.weight_dtype))
-    return jax.tree.unflatten(treedef, leaves)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# KV cache
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class KVCache:
-    """Preallocated per-layer keys/values plus how many positions of each row are filled.
-
-    k, v: [layers, batch, kv_heads, max_len, head_dim]; lengths: [batch] int32. A forward call with T new tokens
-    writes them at positions lengths[b] .. lengths[b]+T-1 and advances lengths by the number of valid tokens.
-    Heads come before positions so that decode attention reads each (row, head) as one contiguous [len, hd]
-    block (with positions first, XLA's CPU batched dot transposes the whole cache on every step).
-    k and v may also be tuples of per-layer [batch, kv_heads, max_len, head_dim] arrays (with per-layer params,
-    see `unstack_layers`): a decode loop then reads each layer's cache without slicing it out of the stack.
-    With `keys_transposed` (per-layer tuples only) each layer's keys are [batch, kv_heads, head_dim, max_len]:
-    the sampler's decode windows use it because one query's scores then reduce over head_dim as whole vectors
-    of positions, not as short horizontal sums (~15-30% less attention time on XLA:CPU); values keep positions
-    before head_dim, which is already that shape for the probabilities x values product.
-    """
-
-    k: jax.Array
-    v: jax.Array
-    lengths: jax.Array
-    keys_transposed: bool = dataclasses.field(default=False, metadata=dict(static=True))
-
-    @property
-    def max_len(self) -> int:
-        return self.v[0].shape[2] if isinstance(self.v, (list, tuple)) else self.v.shape[3]
-
-
-CACHE_LOGICAL_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
-
-
-def cache_shape(cfg: ModelConfig, batch: int, max_len: int) -> tuple[int, ...]:
-    """Shape of the k (and v) arrays of a KVCache: [layers, batch, kv_heads, max_len, head_dim]."""
-    return (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
 
 
 def unstack_layers(params: Params) -> Params:
@@ -256,13 +156,6 @@ def unstack_layers(params: Params) -> Params:
         return params
     n = jax.tree.leaves(layers)[0].shape[0]
     return {**params, "layers": tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(n))}
-
-
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-    """An empty cache for `batch` rows of up to `max_len` positions."""
-    shape = cache_shape(cfg, batch, max_len)
-    dtype = cfg.compute_dtype if dtype is None else dtype
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
 
 
 # ----------------------------------------------------------------------------------------------------------------
