@@ -1,7 +1,7 @@
 """STORM stage 2: GRPO of Qwen3-4B-Thinking-2507 with the code interpreter in the loop.
 
 STORM's RL hyper-parameters are not published; the values marked INFERRED come from CoRT (same first authors,
-same recipe family; DESIGN.md §4). Values marked GUESS are ours.
+same recipe family; docs/design.md). Values marked GUESS are ours.
 Run: storm-jax train grpo --config=storm_grpo --config.init_from_hf=/path/storm_sft_export \
        --config.grpo.problems_path=train_problems.jsonl --config.workdir=gs://.../storm_grpo
 
@@ -59,7 +59,7 @@ def get_config(arg: str | None = None):
     g.top_p = 0.95  # INFERRED
     g.max_response_tokens = 16384  # INFERRED
     g.max_len = 17408
-    g.max_tool_calls = 12  # DESIGN.md §2 (training)
+    g.max_tool_calls = 12  # docs/design.md#trajectory-format (training)
     g.kl_beta = 0.001  # INFERRED
     g.protocol = "storm"
     g.epsilon = 1e-4  # GUESS

@@ -1,4 +1,4 @@
-"""The tool-integrated trajectory format (DESIGN.md §2), as data.
+"""The tool-integrated trajectory format (docs/design.md#trajectory-format), as data.
 
 A trajectory's assistant turn is a sequence of segments. The model writes `text` and `code` segments;
 the host writes `output` segments (execution results) and, in CALM, `hint` segments (intervener hints).

@@ -12,10 +12,28 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
+from storm_jax.parallel.mesh import MeshRules, constrain
+
 if TYPE_CHECKING:
     from storm_jax.models.qwen import ModelConfig
 
 Params = dict[str, Any]
+
+
+def logits_from_hidden(params: Params, h: jax.Array, cfg: ModelConfig, mesh_rules: MeshRules | None = None):
+    """Project final hidden states [..., D] to fp32 logits [..., V]."""
+    dt = cfg.compute_dtype
+    if cfg.tie_word_embeddings:
+        logits = jnp.einsum(
+            "...d,vd->...v", h, params["embed"].astype(dt), preferred_element_type=jnp.float32
+        )
+    else:
+        logits = jnp.einsum(
+            "...d,dv->...v", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32
+        )
+    if logits.ndim == 3:
+        logits = constrain(logits, ("batch", "length", "act_vocab"), mesh_rules)
+    return logits
 
 
 def vocab_logits_t(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:

@@ -35,6 +35,7 @@ from storm_jax.models.cache import (  # noqa: F401 - re-exported: callers import
     cache_specs,
     init_cache,
 )
+from storm_jax.models.head import logits_from_hidden
 from storm_jax.models.spec import (  # noqa: F401 - re-exported: callers import the params API from here
     ArraySpec,
     Params,
@@ -426,19 +427,3 @@ def forward(
     if return_hidden:
         return x, new_cache
     return logits_from_hidden(params, x, cfg, mesh_rules), new_cache
-
-
-def logits_from_hidden(params: Params, h: jax.Array, cfg: ModelConfig, mesh_rules: MeshRules | None = None):
-    """Project final hidden states [..., D] to fp32 logits [..., V]."""
-    dt = cfg.compute_dtype
-    if cfg.tie_word_embeddings:
-        logits = jnp.einsum(
-            "...d,vd->...v", h, params["embed"].astype(dt), preferred_element_type=jnp.float32
-        )
-    else:
-        logits = jnp.einsum(
-            "...d,dv->...v", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32
-        )
-    if logits.ndim == 3:
-        logits = constrain(logits, ("batch", "length", "act_vocab"), mesh_rules)
-    return logits

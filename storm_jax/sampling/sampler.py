@@ -51,11 +51,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from storm_jax.models.head import decode_layout, vocab_logits_t
-from storm_jax.models.qwen import CACHE_LOGICAL_AXES, ModelConfig, Params, cache_shape
+from storm_jax.models.qwen import ModelConfig, Params, init_cache
 from storm_jax.parallel.mesh import MeshRules
 from storm_jax.sampling.distribution import argmax_logsumexp, processed_logprobs, sample_step
 from storm_jax.sampling.engine import _copy_rows, compile_counts, decode_chunk, prefill_rows
@@ -133,14 +132,9 @@ class Sampler:
         self.cfg, self.engine, self.mesh_rules = cfg, engine, mesh_rules
         self.params = params
         S, L = engine.num_slots, engine.max_len
-        shape = cache_shape(cfg, S, L)
-        dtype = cfg.compute_dtype if cache_dtype is None else cache_dtype
-        if mesh_rules is not None:
-            sh = mesh_rules.sharding(CACHE_LOGICAL_AXES, shape)
-            self.k = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sh)()
-            self.v = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sh)()
-        else:
-            self.k, self.v = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+        # the cache spec (models/cache.py) gives shapes, dtype and shardings; created sharded when on a mesh
+        cache = init_cache(cfg, S, L, cache_dtype, mesh_rules=mesh_rules)
+        self.k, self.v = cache.k, cache.v
         self.lengths = np.zeros(S, np.int32)
         self.stats = {
             "decode_calls": 0,

@@ -1,4 +1,4 @@
-r"""Gold tool-integrated trajectories (DESIGN.md §2) built from a verified instance and *real* outputs.
+r"""Gold tool-integrated trajectories (docs/design.md#trajectory-format) built from a verified instance and *real* outputs.
 
 Styles:
 - ``plain``: reasoning (variables, constraints, objective in words and math), a ```python block, the
