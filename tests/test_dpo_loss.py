@@ -453,3 +453,22 @@ def test_sharded_and_accumulated_step_match_single_device(normalize):
     want, *_ = np_weighted_dpo(lp[:, 0], lp[:, 1], batch["ref_logps"][:, 0], batch["ref_logps"][:, 1],
                                batch["weight"], beta=BETA, reference_free=False, ls=0.0, normalize=normalize)  # fmt: skip
     np.testing.assert_allclose(ref_m["loss"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_recipe_config_marks_unpublished_values():
+    from pathlib import Path
+
+    from storm_jax.config import base_config, load_config_file
+    from storm_jax.train.dpo_loss import dpo_defaults, loss_from_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "steporlm_dpo.py"
+    for arg in ("", ":tiny"):
+        c = load_config_file(f"{path}{arg}")
+        assert c.recipe == "dpo" and set(c.dpo.keys()) == set(dpo_defaults().keys())
+        assert set(c.keys()) - set(base_config().keys()) == {"dpo"}
+        assert c.data.batch_size % c.train.grad_accum == 0 and not c.data.pack
+        assert callable(loss_from_config(c.dpo, chunk_size=c.train.logprob_chunk, mesh_rules=None))
+    full_scale = path.read_text().split("def tiny")[0]  # the real recipe, not the CPU variant
+    lines = {ln.split("=")[0].strip(): ln for ln in full_scale.splitlines() if "=" in ln}
+    for key in ("c.dpo.beta", "c.optim.lr", "c.data.num_epochs"):
+        assert "GUESS" in lines[key], key

@@ -171,7 +171,7 @@ def _mask_list(obj: dict, field: str, n: int) -> list[int]:
     if len(x) != n:
         raise RowError(field, f"has {len(x)} entries for {n} ids")
     for i, m in enumerate(x):
-        if m not in (0, 1) or isinstance(m, float) and not m.is_integer():
+        if m not in (0, 1):  # also refuses 0.5, "1", None (True/False pass as 1/0)
             raise RowError(field, f"[{i}] = {m!r}: flags must be 0 or 1")
     return [int(m) for m in x]
 
@@ -300,7 +300,8 @@ def parse_pair(
         if not tokenize:
             return None
         if tokenizer is None:
-            raise RowError("prompt", "text rows need a tokenizer (pass one to the loader)")
+            # A caller's mistake, not a bad row: never skipped by on_bad_row="skip".
+            raise TypeError("text rows need a tokenizer (pass one to the loader)")
         sides = []
         for side, text in zip(("chosen", "rejected"), texts):
             try:
@@ -385,6 +386,8 @@ def build_pairs(
         except ValueError as e:
             _bad(stats, f"{source}: {e}", on_bad_row)
             continue
+        except TypeError as e:
+            raise TypeError(f"{source}: {e}") from None
         valid_index += 1
         if not local:
             continue

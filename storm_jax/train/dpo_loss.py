@@ -44,15 +44,17 @@ REFERENCES = ("precomputed", "on_the_fly", "none")
 
 
 def dpo_defaults() -> ml_collections.ConfigDict:
-    """The `dpo` config section (to be merged into storm_jax.config.base_config by the training core)."""
+    """The `dpo` config section (to be merged into storm_jax.config.base_config by the training core).
+
+    The data side uses the existing sections: data.batch_size counts PAIRS, data.overlong (use "drop", see
+    storm_jax.data.preference), data.eval_path holds held-out pairs for pair accuracy.
+    """
     c = ml_collections.ConfigDict()
     c.beta = 0.1
     c.label_smoothing = 0.0
     c.normalize = "pairs"  # pairs: sum w*l / P (the paper's expectation) | weights: sum w*l / sum w
     c.reference = "precomputed"  # precomputed | on_the_fly | none (reference-free)
     c.ref_batch_pairs = 8  # pairs per forward pass when precomputing reference log-probs
-    c.overlong = "drop"  # drop | truncate (see storm_jax.data.preference)
-    c.eval_path = ""  # held-out preference rows for pair accuracy ("" = none)
     return c
 
 
