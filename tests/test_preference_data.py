@@ -142,6 +142,10 @@ def test_process_shards_are_disjoint(tmp_path):
     got = [load_pairs(path, process_index=i, process_count=2)[0] for i in (0, 1)]
     firsts = [{int(p.chosen.ids[0]) for p in g} for g in got]
     assert firsts[0] == {1000, 3000, 5000} and firsts[1] == {2000, 4000, 6000}
+    # A global batch of 2 pairs is 1 pair per process.
+    cfg = PreferenceDataConfig(path=path, seq_len=16, batch_size=2, shuffle=False, num_epochs=1)
+    b = next(make_preference_iterator(cfg, process_index=1, process_count=2))
+    assert b["tokens"].shape == (1, 2, 16) and b["tokens"][0, 0, 0] == 2000
 
 
 def test_overlong_drop_and_truncate_counts(tmp_path):
@@ -243,6 +247,10 @@ def test_write_token_rows_round_trip_with_reference(tmp_path, tok):
     pairs = [
         dataclasses.replace(p, ref_chosen_logp=-1.5 - i, ref_rejected_logp=-7.25) for i, p in enumerate(pairs)
     ]
+    # The second chosen opens its own think block: its prompt has no think prefix, so the two sides'
+    # prompts differ and the shared prompt_ids written below is shorter than either prompt.
+    first_trained = [int(np.argmax(ex.mask)) for ex in (pairs[1].chosen, pairs[1].rejected)]
+    assert first_trained[0] < first_trained[1]
     out = tmp_path / "tok.jsonl"
     write_token_rows(out, pairs)
     back, _ = load_pairs(str(out))
