@@ -7,6 +7,8 @@ averaged, ATOL_LOSS = 2e-5 bounds it with margin. The gradient is w * beta * dl/
 its error is ~1e-6 * beta * w / N -> ATOL_GRAD = 1e-6.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -241,8 +243,10 @@ def test_pair_logps_match_full_logits_and_loss_matches_numpy():
     ref = want + np.random.default_rng(1).normal(0, 2.0, want.shape)
     batch["ref_logps"] = ref.astype(np.float32)
     for normalize in ("pairs", "weights"):
-        loss_fn = make_dpo_loss(beta=BETA, normalize=normalize, chunk_size=8)
-        loss, aux = loss_fn(params, batch, CFG)
+        loss_fn = jax.jit(
+            functools.partial(make_dpo_loss(beta=BETA, normalize=normalize, chunk_size=8), model_cfg=CFG)
+        )
+        loss, aux = loss_fn(params, batch)
         w = batch["weight"]
         np_loss, *_ = np_weighted_dpo(want[:, 0], want[:, 1], ref[:, 0], ref[:, 1], w, beta=BETA,
                                       reference_free=False, ls=0.0, normalize=normalize)  # fmt: skip
@@ -250,9 +254,25 @@ def test_pair_logps_match_full_logits_and_loss_matches_numpy():
         np.testing.assert_allclose(float(aux["weight"]), 8.0 if normalize == "pairs" else w.sum(), rtol=1e-6)
 
 
-def _flat_params(params):
-    leaves = jax.tree.leaves(params)
-    return leaves, [np.asarray(x) for x in leaves]
+def test_padding_pairs_change_nothing_at_model_level():
+    """A batch padded with empty pairs (eval / reference tails) gives the loss and sums of the real pairs."""
+    params = params_for_test(seed=13)
+    pairs = make_pairs(P=3, seed=14)
+    real = pair_batch(pairs)
+    padded, n = next(eval_batches(pairs, seq_len=T, batch_pairs=5, with_ref=False))
+    assert n == 3 and padded["tokens"].shape[0] == 5
+    for b in (real, padded):
+        b["ref_logps"] = np.zeros((b["tokens"].shape[0], 2), np.float32) - 40.0
+    for normalize in ("pairs", "weights"):
+        loss_fn = jax.jit(
+            functools.partial(make_dpo_loss(beta=BETA, normalize=normalize, chunk_size=8), model_cfg=CFG)
+        )
+        la, aux_a = loss_fn(params, real)
+        lb, aux_b = loss_fn(params, padded)
+        np.testing.assert_allclose(float(lb), float(la), rtol=1e-6)
+        assert float(aux_b["sum_pairs"]) == 3.0 and float(aux_b["weight"]) == float(aux_a["weight"])
+        for k in aux_a:
+            np.testing.assert_allclose(float(aux_b[k]), float(aux_a[k]), rtol=1e-5, atol=1e-5)
 
 
 def test_param_gradient_matches_finite_differences():
@@ -272,7 +292,7 @@ def test_param_gradient_matches_finite_differences():
     def f(p):
         return loss_fn(p, batch, CFG)[0]
 
-    grads = jax.grad(f)(params)
+    grads = jax.jit(jax.grad(f))(params)
     f_jit = jax.jit(f)
     checked = 0
     for name in ("embed", "lm_head", "final_norm"):
@@ -300,9 +320,15 @@ def test_param_gradient_matches_finite_differences():
     assert checked == 6
 
 
-def _loss_and_grads(params, batch, **kw):
+@functools.cache
+def _value_and_grad(**kw):
+    # One jitted function per option set (compiled once per batch shape), instead of op-by-op evaluation.
     loss_fn = make_dpo_loss(beta=BETA, chunk_size=8, **kw)
-    (loss, _), g = jax.value_and_grad(lambda p: loss_fn(p, batch, CFG), has_aux=True)(params)
+    return jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b, CFG), has_aux=True))
+
+
+def _loss_and_grads(params, batch, **kw):
+    (loss, _), g = _value_and_grad(**kw)(params, batch)
     return float(loss), g
 
 
@@ -396,6 +422,16 @@ def test_reference_precompute_and_on_the_fly_agree():
     # On the fly: the same values added per batch from params held in memory.
     it = with_reference_logps(iter([pair_batch(pairs)]), params, CFG, chunk_size=8)
     np.testing.assert_allclose(np.asarray(next(it)["ref_logps"]), got, rtol=1e-5, atol=1e-4)
+    if jax.device_count() >= 8:  # the same pass sharded over a (2, 2, 2) mesh
+        from storm_jax.models.qwen import param_logical_axes
+        from storm_jax.parallel.mesh import MeshRules, make_mesh, tree_shardings
+
+        rules = MeshRules(make_mesh(2, 2, 2))
+        p_sh = tree_shardings(params, param_logical_axes(CFG), rules)
+        sharded = precompute_reference_logps(jax.device_put(params, p_sh), CFG, pairs, seq_len=T, batch_pairs=4,
+                                             chunk_size=8, mesh_rules=rules, params_sharding=p_sh)  # fmt: skip
+        got8 = np.array([[p.ref_chosen_logp, p.ref_rejected_logp] for p in sharded])
+        np.testing.assert_allclose(got8, got, rtol=1e-5, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -101,9 +101,9 @@ def weighted_dpo_loss(
     rejected_rewards = beta * rejected_logratio
     delta = chosen_rewards - rejected_rewards
     # log_sigmoid is stable for large |delta| (no exp overflow, no log(0)).
-    losses = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(delta) - label_smoothing * jax.nn.log_sigmoid(
-        -delta
-    )
+    log_p_chosen_wins = jax.nn.log_sigmoid(delta)
+    log_p_rejected_wins = jax.nn.log_sigmoid(-delta)
+    losses = -(1.0 - label_smoothing) * log_p_chosen_wins - label_smoothing * log_p_rejected_wins
 
     v = jnp.ones_like(delta) if valid is None else jnp.asarray(valid, jnp.float32)
     w = jnp.asarray(weights, jnp.float32) * v
