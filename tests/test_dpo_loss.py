@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from storm_jax.data.preference import PreferencePair, eval_batches
+from storm_jax.data.preference import PreferencePair, eval_batches, make_pair_dataset
 from storm_jax.data.sft import TokenizedExample
 from storm_jax.models.qwen import ModelConfig, forward, init_params
 from storm_jax.train.dpo_loss import (
@@ -422,6 +422,21 @@ def test_reference_precompute_and_on_the_fly_agree():
     # On the fly: the same values added per batch from params held in memory.
     it = with_reference_logps(iter([pair_batch(pairs)]), params, CFG, chunk_size=8)
     np.testing.assert_allclose(np.asarray(next(it)["ref_logps"]), got, rtol=1e-5, atol=1e-4)
+    # The wrapper resumes through the wrapped grain iterator's state.
+    it = with_reference_logps(iter(make_pair_dataset(pairs, seq_len=T, batch_pairs=2, seed=1)), params, CFG,
+                              chunk_size=8)  # fmt: skip
+    next(it)
+    state = it.get_state()
+    a = next(it)
+    it.set_state(state)
+    b = next(it)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    by_first_token = {int(p.chosen.ids[0]): g for p, g in zip(pairs, got)}
+    for i in range(2):
+        np.testing.assert_allclose(
+            a["ref_logps"][i], by_first_token[int(a["tokens"][i, 0, 0])], rtol=1e-5, atol=1e-4
+        )
     if jax.device_count() >= 8:  # the same pass sharded over a (2, 2, 2) mesh
         from storm_jax.models.qwen import param_logical_axes
         from storm_jax.parallel.mesh import MeshRules, make_mesh, tree_shardings

@@ -383,7 +383,9 @@ def precompute_reference_logps(
 class ReferenceLogpsIterator:
     """Wraps a pair-batch iterator and adds `ref_logps` [P, 2] computed from reference params (on the fly).
 
-    get_state()/set_state() are the wrapped iterator's: the reference values are a pure function of the batch.
+    The values come back as host numpy like every other field, so the training loop places the batch on the
+    mesh exactly as it does a precomputed one. get_state()/set_state() are the wrapped iterator's: the
+    reference values are a pure function of the batch.
     """
 
     def __init__(self, it: Iterator[dict], ref_params: Any, ref_fn: Callable[[Any, dict], jax.Array]):
@@ -396,7 +398,7 @@ class ReferenceLogpsIterator:
 
     def __next__(self) -> dict:
         batch = dict(next(self._it))
-        batch["ref_logps"] = self._ref_fn(self._ref_params, batch)
+        batch["ref_logps"] = np.asarray(jax.device_get(self._ref_fn(self._ref_params, batch)), np.float32)
         return batch
 
     def get_state(self):
