@@ -126,7 +126,7 @@ def test_statuses_and_output_capture(pool):
     assert [r.status for r in rs] == ["ok", "no_answer", "error", "error", "error", "no_answer"]
     assert rs[0].answer == 12.5 and rs[0].stdout == "hello\nOBJECTIVE: 12.5\n"
     assert rs[2].returncode == 3 and "oops" in rs[2].stderr
-    assert "ValueError: boom" in rs[3].stderr and 'File "main.py", line 1' in rs[3].stderr
+    assert "ValueError: boom" in rs[3].stderr and 'File "<program>", line 1' in rs[3].stderr
     assert "SyntaxError" in rs[4].stderr
     assert all(r.answer is None for r in rs[1:])
 
@@ -334,8 +334,9 @@ def test_credentials_are_scrubbed(pool):
     for k, v in SECRETS.items():
         assert k not in r.stdout and v not in r.stdout
     env = __import__("json").loads(r.stdout)
-    assert env["HOME"] == env["TMPDIR"] == env["PWD"]
-    assert os.path.basename(env["HOME"]).startswith("storm-exec-")
+    assert env["HOME"] == env["TMPDIR"] == env["PWD"] == "."  # the private temp dir, shown relative
+    r = pool.run("import os\nprint(os.path.basename(os.environ['HOME']), os.environ['HOME'] == os.getcwd())")
+    assert r.stdout.startswith("storm-exec-") and r.stdout.endswith(" True\n"), r.stdout
     # Nor can it read them from the parent's process environment.
     r = pool.run(f"print(open('/proc/{os.getpid()}/environ', 'rb').read())")
     assert r.status == "error" and "canary" not in r.stdout
