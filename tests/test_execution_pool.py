@@ -112,6 +112,18 @@ def test_solves_lp_and_matches_scipy(pool):
     assert 0 < r.duration_s < 5
 
 
+def test_solver_runs_on_the_inherited_single_thread_scheduler(pool):
+    """HiGHS solves (an LP and a MILP) on the scheduler the worker started: the program starts no thread."""
+    milp = _lp_program([3.0, 2.0], [[2, 1], [1, 3]], [7.5, 9.5]).replace(
+        "NonNegativeReals", "NonNegativeIntegers"
+    )
+    count = "import os\nprint('THREADS', len(os.listdir('/proc/self/task')))\n"
+    for code, value in ((_lp_program([1.0, 1.0], [[1, 2]], [4.0]), 4.0), (milp, 11.0)):
+        r = pool.run(code + count)
+        assert r.status == "ok" and r.answer == pytest.approx(value), r.stderr
+        assert "THREADS 1\n" in r.stdout, r.stdout
+
+
 def test_statuses_and_output_capture(pool):
     rs = pool.map(
         [
