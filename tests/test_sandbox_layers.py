@@ -213,7 +213,7 @@ def test_subreaper_alone_keeps_orphans_under_the_worker():
             _kill(pids)
 
 
-# --- resource limits -----------------------------------------------------------------------------------------
+# --- resource limits ------------------------------------------------------------------------------------
 
 CPU_S = 1
 WALL_S = 20.0  # far above the CPU limit: a spinning program must be stopped by RLIMIT_CPU, not the wall

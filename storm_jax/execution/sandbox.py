@@ -83,7 +83,7 @@ def _start_single_thread_highs(highspy) -> None:
 
     A scheduler with worker threads cannot cross a fork (its threads do not exist in the child), so the
     warm one is destroyed and each child used to start its own — thread creation plus spinning workers,
-    about 3 ms of CPU per program here, more than the rest of the per-child set-up. A single-thread
+    about 3 ms of CPU per program on a 2-CPU host, more than the rest of the per-child set-up. A single-thread
     scheduler has no thread to lose: children solve on it at once. HiGHS then runs single-threaded in
     every program, as suits a pool that runs one program per core; a program that asks HiGHS for more
     threads gets HiGHS's warning and one thread.
@@ -409,7 +409,8 @@ class Worker:
         if pidfd is not None:
             os.close(pidfd)
         strays = self._kill_strays(pid) if "stray_sweep" not in self.disabled else 0
-        # All writers are gone (unless a test disabled the kill layers): drain what is left in the pipes (bounded by the pipe buffers).
+        # All writers are gone (unless a test disabled the kill layers): drain what is left in the pipes
+        # (bounded by the pipe buffers; non-blocking, so a surviving writer cannot stall us).
         for fd in list(open_fds):
             os.set_blocking(fd, False)
             try:

@@ -122,7 +122,7 @@ def classify(wait_status: int, reason: str | None, status_note: str, stderr: str
     return ("ok" if returncode == 0 else "error"), returncode, ""
 
 
-# --- host paths in output ------------------------------------------------------------------------------------
+# --- host paths in output -------------------------------------------------------------------------------
 
 
 class HostPaths:
