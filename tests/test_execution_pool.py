@@ -122,6 +122,22 @@ def test_solver_runs_on_the_inherited_single_thread_scheduler(pool):
         r = pool.run(code + count)
         assert r.status == "ok" and r.answer == pytest.approx(value), r.stderr
         assert "THREADS 1\n" in r.stdout, r.stdout
+    # A program that asks HiGHS for 2 threads gets them (HiGHS refuses a count other than its running
+    # scheduler's: the child must not hand it the inherited single-thread one), directly and via pyomo.
+    direct = (
+        "import highspy, os\nh = highspy.Highs()\nh.setOptionValue('output_flag', False)\n"
+        "h.setOptionValue('threads', 2)\nh.addVar(0, 3)\nh.changeColCost(0, -1.0)\n"
+        "assert h.run() == highspy.HighsStatus.kOk\nprint('OBJECTIVE:', h.getInfo().objective_function_value)\n"
+    )
+    via_pyomo = _lp_program([1.0, 1.0], [[1, 2]], [4.0]).replace(
+        'pyo.SolverFactory("appsi_highs").solve(m)',
+        'opt = pyo.SolverFactory("appsi_highs")\nopt.highs_options = {"threads": 2}\nopt.solve(m)',
+    )
+    assert "highs_options" in via_pyomo
+    for code, value in ((direct, -3.0), (via_pyomo, 4.0)):
+        r = pool.run(code + count)
+        assert r.status == "ok" and r.answer == pytest.approx(value), (r.stdout, r.stderr)
+        assert "THREADS 1\n" not in r.stdout, r.stdout
 
 
 def test_statuses_and_output_capture(pool):

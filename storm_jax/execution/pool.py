@@ -66,8 +66,9 @@ class ExecutionConfig:
     restrict_reads: bool = True  # Landlock: reads only under system / Python dirs and the temp dir
     preload: tuple[str, ...] = ("pyomo.environ", "highspy", "pyomo.contrib.appsi.solvers.highs")
     warm_solve: bool = True  # solve a tiny model in each worker so children skip first-use costs
-    # HiGHS single-threaded, on a scheduler the worker starts (with warm_solve) and children inherit;
-    # False: HiGHS's default threads (half the cores), a scheduler started anew in every program.
+    # HiGHS single-threaded, on a scheduler the worker starts (with warm_solve) and children inherit,
+    # unless the program sets HiGHS's "threads" option; False: HiGHS's default threads, a scheduler
+    # started anew in every program (a thread creation and a spinning worker thread each time).
     single_thread_solver: bool = True
     tmp_root: str | None = None  # where private temp dirs go (default: the system temp dir)
     uid_base: int = 1_500_000_000  # execution uid = uid_base + worker pid

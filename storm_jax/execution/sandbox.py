@@ -85,8 +85,9 @@ def _start_single_thread_highs(highspy) -> None:
     warm one is destroyed and each child used to start its own — thread creation plus spinning workers,
     about 3 ms of CPU per program on a 2-CPU host, more than the rest of the per-child set-up. A single-thread
     scheduler has no thread to lose: children solve on it at once. HiGHS then runs single-threaded in
-    every program, as suits a pool that runs one program per core; a program that asks HiGHS for more
-    threads gets HiGHS's warning and one thread.
+    every program that does not choose otherwise, as suits a pool that runs one program per core. (HiGHS
+    refuses a "threads" option that differs from the running scheduler's, so a child whose program names
+    that option gets no scheduler instead, as a fresh process has: see Worker._child.)
     """
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
@@ -107,6 +108,7 @@ class Worker:
         self.notes: list[str] = []
         self.uid: int | None = None
         self.fs_root = False
+        self.highs_scheduler = False  # children inherit a started single-thread HiGHS scheduler
         self.landlock = 0
         self.read_dirs: list[str] | None = None
         self.disabled = frozenset(cfg.get("disabled_layers", ()))
@@ -253,6 +255,7 @@ class Worker:
                 highspy.Highs.resetGlobalScheduler(True)
                 if self.cfg["single_thread_solver"]:
                     _start_single_thread_highs(highspy)
+                    self.highs_scheduler = True
             except Exception as e:
                 errors["warm_solve"] = repr(e)
         self.preload_errors = errors
@@ -348,6 +351,11 @@ class Worker:
                 os._exit(_SETUP_FAILED)
             sys.argv = ["main.py"]
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            if self.highs_scheduler and "threads" in code:
+                # The program may set HiGHS's "threads" option, and HiGHS refuses a count other than
+                # the running scheduler's: give it none, as in a fresh process (its first solve starts
+                # one with the threads it asks for).
+                sys.modules["highspy"].Highs.resetGlobalScheduler(True)
         except BaseException as e:
             try:
                 os.write(status_fd, f"setup:{e!r}".encode()[:2000])
