@@ -112,6 +112,34 @@ def test_solves_lp_and_matches_scipy(pool):
     assert 0 < r.duration_s < 5
 
 
+def test_solver_runs_on_the_inherited_single_thread_scheduler(pool):
+    """HiGHS solves (an LP and a MILP) on the scheduler the worker started: the program starts no thread."""
+    milp = _lp_program([3.0, 2.0], [[2, 1], [1, 3]], [7.5, 9.5]).replace(
+        "NonNegativeReals", "NonNegativeIntegers"
+    )
+    count = "import os\nprint('THREADS', len(os.listdir('/proc/self/task')))\n"
+    for code, value in ((_lp_program([1.0, 1.0], [[1, 2]], [4.0]), 4.0), (milp, 11.0)):
+        r = pool.run(code + count)
+        assert r.status == "ok" and r.answer == pytest.approx(value), r.stderr
+        assert "THREADS 1\n" in r.stdout, r.stdout
+    # A program that asks HiGHS for 2 threads gets them (HiGHS refuses a count other than its running
+    # scheduler's: the child must not hand it the inherited single-thread one), directly and via pyomo.
+    direct = (
+        "import highspy, os\nh = highspy.Highs()\nh.setOptionValue('output_flag', False)\n"
+        "h.setOptionValue('threads', 2)\nh.addVar(0, 3)\nh.changeColCost(0, -1.0)\n"
+        "assert h.run() == highspy.HighsStatus.kOk\nprint('OBJECTIVE:', h.getInfo().objective_function_value)\n"
+    )
+    via_pyomo = _lp_program([1.0, 1.0], [[1, 2]], [4.0]).replace(
+        'pyo.SolverFactory("appsi_highs").solve(m)',
+        'opt = pyo.SolverFactory("appsi_highs")\nopt.highs_options = {"threads": 2}\nopt.solve(m)',
+    )
+    assert "highs_options" in via_pyomo
+    for code, value in ((direct, -3.0), (via_pyomo, 4.0)):
+        r = pool.run(code + count)
+        assert r.status == "ok" and r.answer == pytest.approx(value), (r.stdout, r.stderr)
+        assert "THREADS 1\n" not in r.stdout, r.stdout
+
+
 def test_statuses_and_output_capture(pool):
     rs = pool.map(
         [
@@ -126,7 +154,7 @@ def test_statuses_and_output_capture(pool):
     assert [r.status for r in rs] == ["ok", "no_answer", "error", "error", "error", "no_answer"]
     assert rs[0].answer == 12.5 and rs[0].stdout == "hello\nOBJECTIVE: 12.5\n"
     assert rs[2].returncode == 3 and "oops" in rs[2].stderr
-    assert "ValueError: boom" in rs[3].stderr and 'File "main.py", line 1' in rs[3].stderr
+    assert "ValueError: boom" in rs[3].stderr and 'File "<program>", line 1' in rs[3].stderr
     assert "SyntaxError" in rs[4].stderr
     assert all(r.answer is None for r in rs[1:])
 
@@ -334,8 +362,9 @@ def test_credentials_are_scrubbed(pool):
     for k, v in SECRETS.items():
         assert k not in r.stdout and v not in r.stdout
     env = __import__("json").loads(r.stdout)
-    assert env["HOME"] == env["TMPDIR"] == env["PWD"]
-    assert os.path.basename(env["HOME"]).startswith("storm-exec-")
+    assert env["HOME"] == env["TMPDIR"] == env["PWD"] == "."  # the private temp dir, shown relative
+    r = pool.run("import os\nprint(os.path.basename(os.environ['HOME']), os.environ['HOME'] == os.getcwd())")
+    assert r.stdout.startswith("storm-exec-") and r.stdout.endswith(" True\n"), r.stdout
     # Nor can it read them from the parent's process environment.
     r = pool.run(f"print(open('/proc/{os.getpid()}/environ', 'rb').read())")
     assert r.status == "error" and "canary" not in r.stdout

@@ -66,11 +66,17 @@ class ExecutionConfig:
     restrict_reads: bool = True  # Landlock: reads only under system / Python dirs and the temp dir
     preload: tuple[str, ...] = ("pyomo.environ", "highspy", "pyomo.contrib.appsi.solvers.highs")
     warm_solve: bool = True  # solve a tiny model in each worker so children skip first-use costs
+    # HiGHS single-threaded, on a scheduler the worker starts (with warm_solve) and children inherit,
+    # unless the program sets HiGHS's "threads" option; False: HiGHS's default threads, a scheduler
+    # started anew in every program (a thread creation and a spinning worker thread each time).
+    single_thread_solver: bool = True
     tmp_root: str | None = None  # where private temp dirs go (default: the system temp dir)
     uid_base: int = 1_500_000_000  # execution uid = uid_base + worker pid
     startup_timeout_s: float = 120.0
     hang_grace_s: float = 10.0  # a worker silent this long past a deadline is replaced
     python: str | None = None  # interpreter of the workers (default: this one)
+    # For tests only: cleanup layers to switch off (see sandbox.LAYERS), so each is checked on its own.
+    disabled_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("wall_s", "cpu_s", "startup_timeout_s", "hang_grace_s"):
@@ -81,6 +87,11 @@ class ExecutionConfig:
                 raise ValueError(f"ExecutionConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.nproc is not None and self.nproc < 1:
             raise ValueError(f"ExecutionConfig.nproc must be >= 1 or None, got {self.nproc!r}")
+        unknown = set(self.disabled_layers) - set(sandbox.LAYERS)
+        if unknown:
+            raise ValueError(
+                f"ExecutionConfig.disabled_layers: unknown {sorted(unknown)}, known {sandbox.LAYERS}"
+            )
         if self.network not in NETWORK_MODES:
             raise ValueError(f"ExecutionConfig.network must be one of {NETWORK_MODES}, got {self.network!r}")
 
@@ -139,6 +150,7 @@ class _Worker:
     def __init__(self, cfg: ExecutionConfig):
         wire = asdict(cfg)
         wire["preload"] = list(cfg.preload)
+        wire["disabled_layers"] = list(cfg.disabled_layers)
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
         try:

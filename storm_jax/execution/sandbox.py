@@ -1,8 +1,10 @@
 """Worker side of the execution pool (DESIGN §6): one warm process that forks a sandboxed child per program.
 
 This file runs as a script (``python sandbox.py CONFIG_JSON REQ_FD RESP_FD``) started by
-:mod:`storm_jax.execution.pool` with a scrubbed environment, and imports only the standard library plus
-the configured preload modules (pyomo, highspy), so the pool can start it with any interpreter.
+:mod:`storm_jax.execution.pool` with a scrubbed environment, and imports only the standard library, its
+sibling modules (``sandbox_kernel``: prctl/Landlock/seccomp/uid; ``sandbox_io``: wire protocol, output
+capture, status, host-path rewriting; ``sandbox_program``: running the program in the child) and the
+configured preload modules (pyomo, highspy), so the pool can start it with any interpreter.
 
 Per execution the worker forks a child that: starts its own session and process group; gets stdin from
 /dev/null and stdout/stderr/status on fresh pipes; chdirs into a private temp dir (also HOME and TMPDIR);
@@ -14,279 +16,53 @@ program. The worker enforces the wall deadline, reads the pipes with head+tail c
 every process the execution left behind: as root by ``kill(-1, SIGKILL)`` from a helper running as the
 execution uid (atomic against fork bombs), otherwise by walking its descendants (the worker is a child
 subreaper, so orphans cannot escape it). Only then does it reply, so no process of a finished execution
-remains when the result is delivered.
+remains when the result is delivered. Host paths in the output become relative (tracebacks name the
+program ``<program>``), since the output is shown to the model and kept in its trajectories.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import gc
 import json
-import linecache
 import os
 import resource
 import select
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import time
-import traceback
 
-# --- wire protocol: 4-byte big-endian length + UTF-8 JSON -------------------------------------------------
+if __package__:  # imported (by the pool, by tests) as part of storm_jax
+    from storm_jax.execution import sandbox_io, sandbox_kernel, sandbox_program
+else:  # run as the worker script: the sibling modules are importable from this file's directory
+    import sandbox_io
+    import sandbox_kernel
+    import sandbox_program
 
+# Re-exported: the pool and tests use them from here.
+CappedBuffer, HostPaths = sandbox_io.CappedBuffer, sandbox_io.HostPaths
+recv_msg, send_msg = sandbox_io.recv_msg, sandbox_io.send_msg
+libc, prctl = sandbox_kernel.libc, sandbox_kernel.prctl
+CLONE_NEWNET, PR_SET_NO_NEW_PRIVS = sandbox_kernel.CLONE_NEWNET, sandbox_kernel.PR_SET_NO_NEW_PRIVS
+PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG = (
+    sandbox_kernel.PR_SET_CHILD_SUBREAPER,
+    sandbox_kernel.PR_SET_PDEATHSIG,
+)
+landlock_abi, landlock_restrict = sandbox_kernel.landlock_abi, sandbox_kernel.landlock_restrict
+become_uid, seccomp_block_network = sandbox_kernel.become_uid, sandbox_kernel.seccomp_block_network
+descendants, system_read_dirs = sandbox_kernel.descendants, sandbox_kernel.system_read_dirs
+classify, run_program = sandbox_io.classify, sandbox_program.run_program
 
-def send_msg(fd: int, obj: dict) -> None:
-    """Write one length-prefixed JSON message to `fd`."""
-    data = json.dumps(obj).encode()
-    buf = memoryview(struct.pack(">I", len(data)) + data)
-    while buf:
-        n = os.write(fd, buf)
-        buf = buf[n:]
+__all__ = ["CappedBuffer", "HostPaths", "LAYERS", "Worker", "classify", "recv_msg", "send_msg"]
 
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    chunks = []
-    while n:
-        chunk = os.read(fd, n)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def recv_msg(fd: int) -> dict | None:
-    """Read one message from `fd` (blocking); None at EOF."""
-    head = _read_exact(fd, 4)
-    if head is None:
-        return None
-    body = _read_exact(fd, struct.unpack(">I", head)[0])
-    return None if body is None else json.loads(body)
-
-
-# --- libc / kernel interfaces ------------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-
-CLONE_NEWNET = 0x40000000
-PR_SET_PDEATHSIG = 1
-PR_SET_SECCOMP = 22
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_CHILD_SUBREAPER = 36
-SECCOMP_MODE_FILTER = 2
-
-_SYS = {  # syscall numbers that differ by architecture; the landlock ones are the same everywhere
-    "x86_64": {"socket": 41, "io_uring_setup": 425, "audit_arch": 0xC000003E},
-    "aarch64": {"socket": 198, "io_uring_setup": 425, "audit_arch": 0xC00000B7},
-}
-_NR_LANDLOCK_CREATE_RULESET, _NR_LANDLOCK_ADD_RULE, _NR_LANDLOCK_RESTRICT_SELF = 444, 445, 446
-
-
-def _prctl(option: int, arg2: int = 0) -> None:
-    if _libc.prctl(option, arg2, 0, 0, 0) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"prctl({option}): {os.strerror(e)}")
-
-
-def landlock_abi() -> int:
-    """The kernel's Landlock ABI version, 0 when Landlock is unavailable."""
-    r = _libc.syscall(_NR_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-    return max(int(r), 0)
-
-
-# Landlock access rights (linux/landlock.h)
-_LL_EXECUTE, _LL_WRITE_FILE, _LL_READ_FILE, _LL_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-_LL_MAKE_ALL = sum(1 << i for i in range(4, 13))  # remove dir/file, make char/dir/reg/sock/fifo/block/sym
-_LL_REFER, _LL_TRUNCATE = 1 << 13, 1 << 14
-_LL_NET_BIND_TCP, _LL_NET_CONNECT_TCP = 1 << 0, 1 << 1
-_LL_SCOPE_ABSTRACT_UNIX, _LL_SCOPE_SIGNAL = 1 << 0, 1 << 1
-_FILE_RIGHTS = _LL_EXECUTE | _LL_WRITE_FILE | _LL_READ_FILE | _LL_TRUNCATE
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-def landlock_restrict(abi: int, write_dirs: list[str], read_dirs: list[str] | None) -> None:
-    """Restrict this process (and its future children) with Landlock.
-
-    Writes (create, delete, write, truncate, rename) are allowed only beneath `write_dirs` (and to
-    /dev/null); reads and execution only beneath `read_dirs` + `write_dirs` when `read_dirs` is not None.
-    With ABI >= 4 TCP bind/connect are denied too; with ABI >= 6 signals to processes outside the domain
-    and connections to abstract unix sockets outside it are denied.
-    """
-    write = _LL_WRITE_FILE | _LL_MAKE_ALL
-    if abi >= 2:
-        write |= _LL_REFER
-    if abi >= 3:
-        write |= _LL_TRUNCATE
-    read = (_LL_EXECUTE | _LL_READ_FILE | _LL_READ_DIR) if read_dirs is not None else 0
-    attr = _RulesetAttr(write | read, 0, 0)
-    if abi >= 4:
-        attr.net = _LL_NET_BIND_TCP | _LL_NET_CONNECT_TCP
-    if abi >= 6:
-        attr.scoped = _LL_SCOPE_ABSTRACT_UNIX | _LL_SCOPE_SIGNAL
-    size = 8 if abi < 4 else (16 if abi < 6 else 24)
-    ruleset = _libc.syscall(_NR_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
-    if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
-    try:
-        rules = [(d, write | read) for d in write_dirs] + [("/dev/null", write | read)]
-        rules += [(d, read) for d in (read_dirs or [])]
-        for path, allowed in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue  # a missing path needs no rule
-            try:
-                if not os.path.isdir(path):
-                    allowed &= _FILE_RIGHTS
-                if not allowed:
-                    continue
-                rule = _PathBeneath(allowed, fd)
-                if _libc.syscall(_NR_LANDLOCK_ADD_RULE, int(ruleset), 1, ctypes.byref(rule), 0) != 0:
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({path})")
-            finally:
-                os.close(fd)
-        if _libc.syscall(_NR_LANDLOCK_RESTRICT_SELF, int(ruleset), 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-    finally:
-        os.close(ruleset)
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-def _capset(bits: int) -> None:
-    """Set effective = permitted = `bits` (capabilities 0..31), inheritable empty."""
-    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    data = (_CapData * 2)(_CapData(bits, bits, 0), _CapData(0, 0, 0))
-    if _libc.capset(ctypes.byref(header), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset")
-
-
-CAP_SETGID, CAP_SETUID = 6, 7
-PR_SET_KEEPCAPS = 8
-
-
-def become_uid(uid: int, fs_root: bool) -> None:
-    """Drop root: real/effective/saved uid and gid become `uid`, no capabilities are left.
-
-    With `fs_root`, the filesystem uid/gid stay 0 so the process can still read root-owned files (the
-    interpreter); only safe when Landlock confines which files it may read and write.
-    """
-    os.setgroups([])
-    if not fs_root:
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-        return
-    _prctl(PR_SET_KEEPCAPS, 1)
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
-    _capset((1 << CAP_SETUID) | (1 << CAP_SETGID))
-    _libc.setfsgid(0)
-    _libc.setfsuid(0)
-    _capset(0)
-    _prctl(PR_SET_KEEPCAPS, 0)
-    if _libc.setfsuid(-1) != 0:  # reads back the current fsuid
-        raise OSError(errno.EPERM, "setfsuid(0) did not stick")
-
-
-class _SockFilter(ctypes.Structure):
-    _fields_ = [
-        ("code", ctypes.c_uint16),
-        ("jt", ctypes.c_uint8),
-        ("jf", ctypes.c_uint8),
-        ("k", ctypes.c_uint32),
-    ]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
-
-
-def seccomp_block_network() -> None:
-    """Install a seccomp filter: socket() for any family but AF_UNIX fails with EACCES, io_uring is
-    refused (it could open sockets without socket()), foreign-ABI syscalls kill the process."""
-    arch = _SYS.get(os.uname().machine)
-    if arch is None:
-        raise OSError(errno.ENOSYS, f"no seccomp table for {os.uname().machine}")
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    allow, deny, kill = 0x7FFF0000, 0x00050000 | errno.EACCES, 0x80000000
-    prog = [
-        (ld, 0, 0, 4),  # 0: A = arch
-        (jeq, 0, 8, arch["audit_arch"]),  # 1: foreign arch -> 10 kill
-        (ld, 0, 0, 0),  # 2: A = nr
-        (jge, 6, 0, 0x40000000),  # 3: x32 ABI -> 10 kill
-        (jeq, 3, 0, arch["io_uring_setup"]),  # 4: -> 8 deny
-        (jeq, 0, 3, arch["socket"]),  # 5: not socket -> 9 allow
-        (ld, 0, 0, 16),  # 6: A = args[0] (low word)
-        (jeq, 1, 0, 1),  # 7: AF_UNIX -> 9 allow, else 8 deny
-        (ret, 0, 0, deny),  # 8
-        (ret, 0, 0, allow),  # 9
-        (ret, 0, 0, kill),  # 10
-    ]
-    filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
-    fprog = _SockFprog(len(prog), filters)
-    _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
-
-
-# --- output capture ----------------------------------------------------------------------------------------
-
-
-class CappedBuffer:
-    """Keeps the first and the last `cap` bytes of a stream and counts the rest."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.cap - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail += data
-            if len(self.tail) > 2 * self.cap:  # trim lazily: amortized O(1) per byte
-                del self.tail[: len(self.tail) - self.cap]
-
-    def text(self, max_chars: int) -> str:
-        """Decoded output; when longer than `max_chars`, its head and tail around a truncation note."""
-        tail = bytes(self.tail[-self.cap :])
-        full = (self.head + tail).decode(errors="replace")
-        dropped = self.total - len(self.head) - len(tail)
-        if dropped == 0 and len(full) <= max_chars:
-            return full
-        head_s = self.head.decode(errors="replace")[: max_chars // 2]
-        tail_s = tail.decode(errors="replace")[-(max_chars - max_chars // 2) :]
-        omitted = self.total - len(head_s.encode()) - len(tail_s.encode())
-        return f"{head_s}\n... [{omitted} bytes truncated] ...\n{tail_s}"
-
+# Cleanup layers a test may switch off (ExecutionConfig.disabled_layers) to check each one on its own;
+# all are on by default and in production:
+#   group_kill   SIGKILL the program's process group when it is killed for time or output,
+#   stray_sweep  after every execution, kill each process it left (by uid, or by walking descendants),
+#   subreaper    make the worker a child subreaper, so orphans stay its descendants for that walk.
+LAYERS = ("group_kill", "stray_sweep", "subreaper")
 
 # --- the worker ---------------------------------------------------------------------------------------------
 
@@ -302,44 +78,22 @@ pyo.SolverFactory("appsi_highs").solve(m)
 """
 
 
-_ETC_READABLE = (
-    "localtime",
-    "timezone",
-    "passwd",
-    "group",
-    "nsswitch.conf",
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "ssl",
-    "ca-certificates",
-    "hosts",
-    "host.conf",
-    "resolv.conf",
-    "protocols",
-    "services",
-    "mime.types",
-    "os-release",
-    "alternatives",
-    "locale.alias",
-    "fonts",
-    "matplotlibrc",
-)
+def _start_single_thread_highs(highspy) -> None:
+    """Start HiGHS's global task scheduler with one thread (so no worker threads) for children to inherit.
 
-
-def _system_read_dirs() -> list[str]:
-    """Directories a program may read: the OS, the interpreter and its packages — not the project tree,
-    data or checkpoints."""
-    import site
-    import sysconfig
-
-    dirs = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/proc", "/sys"]
-    # Not all of /etc (shadow, ssh host keys) and /dev (raw disks): only what programs and libc use.
-    dirs += [f"/etc/{n}" for n in _ETC_READABLE] + ["/dev/zero", "/dev/urandom", "/dev/random", "/dev/fd"]
-    dirs += [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
-    dirs += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
-    dirs += site.getsitepackages()
-    return sorted({os.path.realpath(d) for d in dirs if os.path.exists(d)})
+    A scheduler with worker threads cannot cross a fork (its threads do not exist in the child), so the
+    warm one is destroyed and each child used to start its own — thread creation plus spinning workers,
+    about 3 ms of CPU per program on a 2-CPU host, more than the rest of the per-child set-up. A single-thread
+    scheduler has no thread to lose: children solve on it at once. HiGHS then runs single-threaded in
+    every program that does not choose otherwise, as suits a pool that runs one program per core. (HiGHS
+    refuses a "threads" option that differs from the running scheduler's, so a child whose program names
+    that option gets no scheduler instead, as a fresh process has: see Worker._child.)
+    """
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)
+    h.addVar(0.0, 1.0)  # a first run() is what starts the scheduler
+    h.run()
 
 
 class Worker:
@@ -354,8 +108,13 @@ class Worker:
         self.notes: list[str] = []
         self.uid: int | None = None
         self.fs_root = False
+        self.highs_scheduler = False  # children inherit a started single-thread HiGHS scheduler
         self.landlock = 0
         self.read_dirs: list[str] | None = None
+        self.disabled = frozenset(cfg.get("disabled_layers", ()))
+        unknown = self.disabled - set(LAYERS)
+        if unknown:
+            raise ValueError(f"unknown sandbox layers {sorted(unknown)}")
 
     # setup -----------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -363,7 +122,9 @@ class Worker:
         self.tmp_base = tempfile.mkdtemp(prefix=f"storm-exec-w{self.pid}-", dir=self.cfg["tmp_root"])
         os.chmod(self.tmp_base, 0o711)
         try:
-            _prctl(PR_SET_CHILD_SUBREAPER, 1)
+            if "subreaper" in self.disabled:
+                raise OSError("disabled by config")
+            prctl(PR_SET_CHILD_SUBREAPER, 1)
             self.isolation["reaper"] = "subreaper"
         except OSError as e:
             self.isolation["reaper"] = "none"
@@ -373,6 +134,10 @@ class Worker:
         self._setup_uid()
         self._preload()
         self.isolation["kill"] = "uid" if self.uid is not None else "descendants"
+        for layer in sorted(self.disabled):
+            self.isolation[layer] = "disabled"
+        # After the preload: imports may add import roots.
+        self.host_paths = HostPaths.of_interpreter().with_dirs({self.tmp_base: "tmp"})
 
     def _probe(self, fn) -> str | None:
         """Run fn() in a throwaway child; None if it succeeded, else the error text."""
@@ -396,7 +161,7 @@ class Worker:
         mode = self.cfg["network"]
         self.isolation["network"] = "none"
         if mode in ("auto", "netns"):
-            if _libc.unshare(CLONE_NEWNET) == 0:
+            if libc.unshare(CLONE_NEWNET) == 0:
                 self.isolation["network"] = "netns"
                 return
             self.notes.append(f"unshare(CLONE_NEWNET): {os.strerror(ctypes.get_errno())}")
@@ -452,7 +217,7 @@ class Worker:
         if abi < 1:
             self.notes.append("landlock unavailable")
             return
-        read_dirs = _system_read_dirs() if self.cfg["restrict_reads"] else None
+        read_dirs = system_read_dirs() if self.cfg["restrict_reads"] else None
         tmp = tempfile.mkdtemp(prefix="storm-probe-", dir=self.cfg["tmp_root"])
         try:
             err = self._probe(lambda: landlock_restrict(abi, [tmp], read_dirs))
@@ -488,6 +253,9 @@ class Worker:
                 import highspy
 
                 highspy.Highs.resetGlobalScheduler(True)
+                if self.cfg["single_thread_solver"]:
+                    _start_single_thread_highs(highspy)
+                    self.highs_scheduler = True
             except Exception as e:
                 errors["warm_solve"] = repr(e)
         self.preload_errors = errors
@@ -571,24 +339,29 @@ class Worker:
             setr(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
             setr(resource.RLIMIT_FSIZE, (lim["fsize_bytes"], lim["fsize_bytes"]))
             setr(resource.RLIMIT_CORE, (0, 0))
-            _prctl(PR_SET_NO_NEW_PRIVS, 1)
+            prctl(PR_SET_NO_NEW_PRIVS, 1)
             if self.isolation["network"] == "seccomp":
                 seccomp_block_network()
             if self.landlock:
                 landlock_restrict(self.landlock, [tmp], self.read_dirs)
             if self.uid is not None:
                 become_uid(self.uid, self.fs_root)
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
             if os.getppid() != self.pid:  # the worker died before the line above
                 os._exit(_SETUP_FAILED)
             sys.argv = ["main.py"]
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            if self.highs_scheduler and "threads" in code:
+                # The program may set HiGHS's "threads" option, and HiGHS refuses a count other than
+                # the running scheduler's: give it none, as in a fresh process (its first solve starts
+                # one with the threads it asks for).
+                sys.modules["highspy"].Highs.resetGlobalScheduler(True)
         except BaseException as e:
             try:
                 os.write(status_fd, f"setup:{e!r}".encode()[:2000])
             finally:
                 os._exit(_SETUP_FAILED)
-        _run_program(code)
+        run_program(code)
 
     def _supervise(self, pid: int, t0: float, lim: dict, tmp: str, out_r: int, err_r: int, st_r: int) -> dict:
         out = CappedBuffer(lim["output_chars"] * 4)
@@ -631,10 +404,11 @@ class Worker:
                 break
         end = time.monotonic()
         if wait_status is None:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            if "group_kill" not in self.disabled:
+                try:  # the program and everything it forked that stayed in its process group
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -642,8 +416,9 @@ class Worker:
             _, wait_status, rusage = os.wait4(pid, 0)
         if pidfd is not None:
             os.close(pidfd)
-        strays = self._kill_strays(pid)
-        # All writers are gone: drain what is left in the pipes (bounded by the pipe buffers).
+        strays = self._kill_strays(pid) if "stray_sweep" not in self.disabled else 0
+        # All writers are gone (unless a test disabled the kill layers): drain what is left in the pipes
+        # (bounded by the pipe buffers; non-blocking, so a surviving writer cannot stall us).
         for fd in list(open_fds):
             os.set_blocking(fd, False)
             try:
@@ -660,10 +435,15 @@ class Worker:
         status, returncode, note = classify(wait_status, reason, status_note, stderr, rusage, lim)
         if note:
             stderr = f"{stderr}\n[storm_jax sandbox: {note}]" if stderr else f"[storm_jax sandbox: {note}]"
+        # The model reads this output (and trains on it): no path of this host may remain in it.
+        stdout = out.text(lim["output_chars"])
+        if "/" in stdout or "/" in stderr:  # most outputs hold no path: skip building this run's table
+            paths = self.host_paths.with_dirs({}, cwd=tmp)
+            stdout, stderr = paths.scrub(stdout), paths.scrub(stderr)
         return {
             "status": status,
             "returncode": returncode,
-            "stdout": out.text(lim["output_chars"]),
+            "stdout": stdout,
             "stderr": stderr,
             "stdout_bytes": out.total,
             "stderr_bytes": err.total,
@@ -692,7 +472,10 @@ class Worker:
         """SIGKILL every process the execution left; returns how many rounds it took (0: none left)."""
         rounds = 0
         give_up = time.monotonic() + 10.0
-        while self._has_children():
+        # Without the subreaper an orphan is re-parented out of our sight, so "no children left" proves
+        # nothing: the uid kill, which reaches it anyway, then runs once regardless.
+        blind = self.uid is not None and self.isolation["reaper"] != "subreaper"
+        while self._has_children() or (blind and rounds == 0):
             rounds += 1
             if self.uid is not None:
                 helper = os.fork()
@@ -710,7 +493,7 @@ class Worker:
                     os.killpg(pid, signal.SIGKILL)
                 except OSError:
                     pass
-                for p in _descendants(self.pid):
+                for p in descendants(self.pid):
                     try:
                         os.kill(p, signal.SIGKILL)
                     except OSError:
@@ -735,102 +518,6 @@ class Worker:
         shutil.rmtree(path, onerror=fix_and_retry)
         if os.path.exists(path):
             shutil.rmtree(path, ignore_errors=True)
-
-
-_MEMORY_WORDS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")
-
-
-def classify(wait_status: int, reason: str | None, status_note: str, stderr: str, rusage, lim: dict):
-    """(status, returncode, note) of a finished child; status is one of ok/error/timeout/memory/killed
-    (the pool turns "ok" without an answer into "no_answer")."""
-    if os.WIFSIGNALED(wait_status):
-        returncode = -os.WTERMSIG(wait_status)
-    else:
-        returncode = os.waitstatus_to_exitcode(wait_status)
-    if reason == "timeout":
-        return "timeout", returncode, f"wall-time limit of {lim['wall_s']:g} s exceeded; killed"
-    if reason == "output":
-        return "killed", returncode, f"output limit of {lim['max_output_bytes']} bytes exceeded; killed"
-    if status_note.startswith("setup:"):
-        return "error", returncode, f"sandbox setup failed: {status_note[6:]}"
-    if returncode < 0:
-        sig = -returncode
-        cpu = rusage.ru_utime + rusage.ru_stime if rusage is not None else 0.0
-        cpu_limit = int(lim["cpu_s"] + 0.999)
-        # RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL at the hard one.
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= cpu_limit - 0.05):
-            return "timeout", returncode, f"CPU-time limit of {cpu_limit} s exceeded"
-        if any(w in stderr for w in _MEMORY_WORDS):
-            return (
-                "memory",
-                returncode,
-                f"killed by signal {signal.Signals(sig).name} after running out of memory",
-            )
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return "killed", returncode, f"killed by signal {name}"
-    if status_note.startswith("exc:") and status_note.endswith(":1"):
-        return "memory", returncode, f"memory limit of {lim['memory_bytes']} bytes exceeded"
-    return ("ok" if returncode == 0 else "error"), returncode, ""
-
-
-def _descendants(root: int) -> list[int]:
-    """Pids of all descendants of `root`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _run_program(code: str) -> None:
-    """Execute the program as __main__ in this (sandboxed) child and exit with its status."""
-    rc = 0
-    note = ""
-    try:
-        # Tracebacks show the program's lines without a file on disk.
-        linecache.cache["main.py"] = (len(code), None, code.splitlines(True), "main.py")
-        exec(compile(code, "main.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-    except SystemExit as e:
-        if e.code is None:
-            rc = 0
-        elif isinstance(e.code, int):
-            rc = e.code & 0xFF
-        else:
-            print(e.code, file=sys.stderr)
-            rc = 1
-    except BaseException as e:
-        note = f"exc:{type(e).__name__}:{int(isinstance(e, MemoryError))}"
-        rc = 1
-        try:
-            traceback.print_exc()
-        except BaseException:
-            pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            rc = rc or 120  # what CPython returns when flushing stdout at exit fails
-    if note:
-        try:
-            os.write(3, note.encode())
-        except OSError:
-            pass
-    os._exit(rc)
 
 
 def main(argv: list[str]) -> int:
