@@ -512,7 +512,7 @@ def test_recipe_config_marks_unpublished_values():
     from storm_jax.config import base_config, load_config_file
     from storm_jax.train.dpo_loss import dpo_defaults, loss_from_config
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "steporlm_dpo.py"
+    path = Path(__file__).resolve().parents[1] / "storm_jax" / "configs" / "steporlm_dpo.py"
     for arg in ("", ":tiny"):
         c = load_config_file(f"{path}{arg}")
         assert c.recipe == "dpo" and set(c.dpo.keys()) == set(dpo_defaults().keys())

@@ -121,11 +121,15 @@ def test_forced_tool_trajectory_with_real_pool(setup):
     )
 
 
-class _SlowFailingExecutor:
-    """Stub: every program 'fails' after a delay with a long traceback (exercises the stderr tail)."""
+class _GatedFailingExecutor:
+    """Stub: every program 'fails' with a long traceback (exercises the stderr tail) once `gate` opens, or after
+    `max_wait_s` (then the concurrency assertion of the test fails: nothing finished while the code 'ran').
 
-    def __init__(self, delay_s):
-        self.delay_s, self.done_at, self.codes = delay_s, [], []
+    Gated on an event instead of a fixed delay, so the test does not depend on how fast decoding is on a
+    loaded machine."""
+
+    def __init__(self, gate: threading.Event, max_wait_s: float = 120.0):
+        self.gate, self.max_wait_s, self.done_at, self.codes = gate, max_wait_s, [], []
 
     def submit(self, code, *, timeout_s=None):
         from storm_jax.execution.pool import ExecutionResult
@@ -134,15 +138,16 @@ class _SlowFailingExecutor:
         fut = cf.Future()
 
         def finish():
+            self.gate.wait(self.max_wait_s)
             self.done_at.append(time.monotonic())
             stderr = (
                 "Traceback (most recent call last):\n"
                 + "  noise line\n" * 200
                 + "ZeroDivisionError: division by zero\n"
             )
-            fut.set_result(ExecutionResult("error", "partial\n", stderr, None, self.delay_s, 1))
+            fut.set_result(ExecutionResult("error", "partial\n", stderr, None, 0.0, 1))
 
-        threading.Timer(self.delay_s, finish).start()
+        threading.Thread(target=finish, daemon=True).start()
         return fut
 
 
@@ -164,8 +169,15 @@ def test_eviction_concurrency_and_tool_call_limit(setup):
         stderr_tail_chars=200,
         max_output_chars=400,
     )
-    execu = _SlowFailingExecutor(delay_s=2.0)
+    gate = threading.Event()
+    execu = _GatedFailingExecutor(gate)
     finished_at = []
+
+    def progress(k):
+        finished_at.append(time.monotonic())
+        if len(finished_at) >= 2:  # the two other requests finished while the first one's code was "running"
+            gate.set()
+
     sampler = Sampler(params, CFG, ENGINE)
     reqs = [
         RolloutRequest(prompt, forced=forced),
@@ -180,7 +192,7 @@ def test_eviction_concurrency_and_tool_call_limit(setup):
         rc,
         execu,
         sampler=sampler,
-        progress=lambda k: finished_at.append(time.monotonic()),
+        progress=progress,
     )
     a, b, c = trajs
     # The paused request gave its slot to the queued one, and others finished while its code ran.
