@@ -290,7 +290,7 @@ class History:
         self.values: dict[str, list[float]] = {"reward": [], "pass_rate": []}
 
     def get_state(self) -> dict:
-        return self.values
+        return {k: list(v) for k, v in self.values.items()}  # a copy: an async save may serialize it later
 
     def set_state(self, state: dict) -> None:
         self.values = {k: list(v) for k, v in state.items()}
