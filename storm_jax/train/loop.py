@@ -158,9 +158,10 @@ def run_loop(
 
     Resume restores the state, the iterator's state, every `extra` object's state and the `arrays` (into
     the shardings of the given templates: arrays, or ShapeDtypeStructs carrying shardings). A fresh run
-    calls `init_state()` and then `init_arrays(state)` (default: the given arrays as they are). Hooks: on_start(start_step) once the state exists (e.g. write config.json);
-    on_log(step, host_metrics, seconds_since_last_log) -> metrics to record, on log steps;
-    after_step(step, state) -> metrics written under split "eval" (or None); postfix(metrics) -> bar fields.
+    calls `init_state()` and then `init_arrays(state)` (default: the given arrays as they are).
+    Hooks: on_start(start_step) once the state exists (e.g. write config.json); on_log(step, host_metrics,
+    seconds_since_last_log) -> the metrics to record, on log steps; after_step(step, state) -> metrics
+    written under split "eval" (or None); postfix(metrics) -> progress-bar fields.
     """
     extra = dict(extra or {})
     arrays = dict(arrays or {})
@@ -195,7 +196,9 @@ def run_loop(
                     obj.set_state(states[name])
             if restored.arrays is not None:
                 arrays.update(restored.arrays)
-            elif arrays:
+            elif arrays:  # a checkpoint written before these arrays were registered
+                if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(arrays)):
+                    raise ValueError(f"{ckpt.directory}/{start} has no {sorted(arrays)} to resume from")
                 echo(f"{opts.desc}: checkpoint {start} has no {sorted(arrays)}; using the ones given")
             last = dict(restored.extra.get("metrics") or {})
             last_eval = dict(restored.extra.get("eval_metrics") or {})
@@ -216,7 +219,6 @@ def run_loop(
         while step < opts.steps:
             if ckpt.should_stop(step):
                 stopped = True
-                echo(f"{opts.desc}: stopped by SIGTERM at step {step}; checkpoint saved")
                 break
             try:
                 item = next(batches)
@@ -249,6 +251,8 @@ def run_loop(
         ckpt.save(
             step, state, data_state=_iterator_state(batches), extra=saved_extra(), arrays=arrays, force=True
         )
+        if stopped:
+            echo(f"{opts.desc}: stopped by SIGTERM at step {step}; checkpoint saved")
     finally:
         ckpt.close()
         if writer is not None:
