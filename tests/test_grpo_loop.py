@@ -133,3 +133,65 @@ def test_sampler_and_trainer_logprobs_agree_fp32():
     err = np.abs(np.asarray(lp)[m] - b["old_logprobs"][m]).max()
     print("max |sampler - trainer| log-prob:", err)
     assert err <= 1e-4, err
+
+
+def _grpo_cfg(tmp_path, steps, **over):
+    from storm_jax.config import load_config
+
+    o = dict(workdir=tmp_path / "grpo", **{"grpo.steps": steps, "grpo.problems_per_step": 2, "grpo.group_size": 2,
+             "grpo.max_response_tokens": 8, "grpo.max_len": 256, "grpo.seq_bucket": 64, "grpo.num_slots": 4,
+             "grpo.decode_chunk": 8, "grpo.kl_beta": 0.01, "grpo.tools": False, "train.progress": False,
+             "checkpoint.save_every": 1, "mesh.fsdp": 1}, **over)  # fmt: skip
+    return load_config("configs/storm_grpo.py:tiny", [f"{k}={v}" for k, v in o.items()], num_devices=1)
+
+
+def _ckpt_ref(cfg, rules, step, like):
+    """The reference params stored in the run's checkpoint `step`."""
+    from storm_jax.train.checkpoint import make_checkpointer
+    from storm_jax.train.setup import build_setup
+
+    setup = build_setup(cfg, mesh_rules=rules)
+    ckpt = make_checkpointer(str(cfg.workdir), cfg.checkpoint, async_save=False)
+    abstract = {
+        "ref_params": jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
+        )
+    }
+    try:
+        return ckpt.restore(setup.restore_target, step=step, abstract_arrays=abstract).arrays["ref_params"]
+    finally:
+        ckpt.close()
+
+
+def test_train_grpo_keeps_ref_params_in_checkpoints_and_reports_zero_variance(tmp_path):
+    """A random policy never answers: every group has zero reward variance, and the console says so. The
+    reference params are the starting params, saved in each checkpoint and restored on resume (a resume given
+    other start params keeps the saved reference)."""
+    from storm_jax.models.qwen import init_params
+    from storm_jax.tokenizer import load_tokenizer
+    from storm_jax.train.grpo import train_grpo
+    from storm_jax.train.setup import make_mesh_rules, resolve_model_config
+
+    cfg = _grpo_cfg(tmp_path, 2)
+    rules = make_mesh_rules(cfg, jax.devices()[:1])
+    mc = resolve_model_config(cfg)
+    sh = jax.sharding.NamedSharding(rules.mesh, jax.sharding.PartitionSpec())
+    p0 = jax.device_put(init_params(mc, jax.random.key(3)), sh)
+    tok = load_tokenizer()
+    lines: list[str] = []
+    out = train_grpo(cfg, tokenizer=tok, executor=_Echo(), params=p0, mesh_rules=rules, echo=lines.append)
+    assert out["step"] == 2
+    assert sum("zero reward variance" in s for s in lines) == 2, lines
+    assert any("2 of 2 steps had only zero-variance groups" in s for s in lines), lines
+    rows = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["zero_variance_groups"], r["groups"]) for r in rows] == [(2.0, 2.0), (2.0, 2.0)]
+    for a, b in zip(jax.tree.leaves(_ckpt_ref(cfg, rules, 2, p0)), jax.tree.leaves(p0)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    other = jax.tree.map(lambda x: x + 1.0, p0)
+    lines.clear()
+    out = train_grpo(_grpo_cfg(tmp_path, 3), tokenizer=tok, executor=_Echo(), params=other, mesh_rules=rules,
+                     echo=lines.append)  # fmt: skip
+    assert out["step"] == 3 and any("resumed" in s and "at step 2" in s for s in lines), lines
+    for a, b in zip(jax.tree.leaves(_ckpt_ref(cfg, rules, 3, p0)), jax.tree.leaves(p0)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the saved reference, not `other`

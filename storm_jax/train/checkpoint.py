@@ -1,6 +1,9 @@
-"""Checkpoints: an Orbax CheckpointManager around {train state, data-iterator state, extra JSON}.
+"""Checkpoints: an Orbax CheckpointManager around {train state, data-iterator state, extra JSON, arrays}.
 
-- `save(step, state, data_state, extra)` is asynchronous (device arrays are copied, then written in the
+`arrays` is an optional dict of array pytrees a trainer keeps beside its state (GRPO's frozen reference
+params); it is restored into the shardings of the template the caller passes.
+
+- `save(step, state, data_state, extra, arrays)` is asynchronous (device arrays are copied, then written in the
   background); it saves when `step % save_every == 0`, or always with `force=True` (end of run, preemption).
 - `restore_latest(abstract_state)` returns the newest complete checkpoint restored straight into the
   target shardings (each host reads only its shards), or None for a fresh run.
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import signal
 import threading
@@ -42,6 +46,17 @@ def decode_data_state(state: Any) -> Any:
     if isinstance(state, dict) and set(state) == {"__bytes_b64__"}:
         return base64.b64decode(state["__bytes_b64__"])
     return state
+
+
+@dataclasses.dataclass
+class Restored:
+    """What `restore` returns: the step, the train state, the data-iterator state, extra JSON, arrays."""
+
+    step: int
+    state: TrainState
+    data_state: Any
+    extra: dict
+    arrays: dict | None
 
 
 class Checkpointer:
@@ -96,6 +111,7 @@ class Checkpointer:
         *,
         data_state: Any = None,
         extra: dict | None = None,
+        arrays: dict | None = None,
         force: bool = False,
     ) -> bool:
         """Save asynchronously if `step` is a save step (or force); returns whether a save started."""
@@ -103,30 +119,46 @@ class Checkpointer:
             return False
         if self.manager.latest_step() == step:
             return False
-        args = ocp.args.Composite(
+        items = dict(
             state=ocp.args.StandardSave(_state_to_tree(state)),
             data=ocp.args.JsonSave({"state": encode_data_state(data_state)}),
             extra=ocp.args.JsonSave(dict(extra or {})),
         )
-        return bool(self.manager.save(step, args=args, force=True))
+        if arrays:
+            items["arrays"] = ocp.args.StandardSave(dict(arrays))
+        return bool(self.manager.save(step, args=ocp.args.Composite(**items), force=True))
 
-    def restore_latest(self, abstract_state: TrainState) -> tuple[int, TrainState, Any, dict] | None:
-        """(step, state, data_state, extra) from the newest checkpoint, or None if there is none.
+    def _has_item(self, step: int, name: str) -> bool:
+        if "://" in self.directory:  # remote storage: trust the caller's template
+            return True
+        return os.path.isdir(os.path.join(self.directory, str(step), name))
 
-        `abstract_state` leaves are ShapeDtypeStructs carrying the target shardings.
+    def restore(
+        self, abstract_state: TrainState, *, step: int | None = None, abstract_arrays: dict | None = None
+    ) -> Restored | None:
+        """The newest (or the given) checkpoint, or None if there is none.
+
+        `abstract_state` / `abstract_arrays` leaves are ShapeDtypeStructs carrying the target shardings. A
+        checkpoint written without arrays (older runs) restores with `arrays=None`.
         """
-        step = self.manager.latest_step()
+        step = self.manager.latest_step() if step is None else step
         if step is None:
             return None
-        args = ocp.args.Composite(
+        items = dict(
             state=ocp.args.StandardRestore(_state_to_tree(abstract_state)),
             data=ocp.args.JsonRestore(),
             extra=ocp.args.JsonRestore(),
         )
-        out = self.manager.restore(step, args=args)
-        state = _tree_to_state(out["state"])
-        data_state = decode_data_state((out["data"] or {}).get("state"))
-        return step, state, data_state, dict(out["extra"] or {})
+        if abstract_arrays and self._has_item(step, "arrays"):
+            items["arrays"] = ocp.args.StandardRestore(dict(abstract_arrays))
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return Restored(
+            step=int(step),
+            state=_tree_to_state(out["state"]),
+            data_state=decode_data_state((out["data"] or {}).get("state")),
+            extra=dict(out["extra"] or {}),
+            arrays=dict(out["arrays"]) if "arrays" in items else None,
+        )
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -137,6 +169,25 @@ class Checkpointer:
         if self._old_handler is not None:
             signal.signal(signal.SIGTERM, self._old_handler)
             self._old_handler = None
+
+
+def make_checkpointer(workdir: str, ckpt_cfg: Any, *, async_save: bool | None = None) -> Checkpointer:
+    """The Checkpointer of a run directory (`<workdir>/checkpoints`) from a `checkpoint` config section."""
+    return Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_every=ckpt_cfg.save_every,
+        keep=ckpt_cfg.keep,
+        async_save=ckpt_cfg.async_save if async_save is None else async_save,
+    )
+
+
+def latest_step_on_disk(workdir: str) -> int | None:
+    """The newest finished checkpoint step of a run directory, read from the listing (creates nothing)."""
+    d = os.path.join(workdir, "checkpoints")
+    if "://" in d or not os.path.isdir(d):
+        return None
+    steps = [int(n) for n in os.listdir(d) if n.isdigit() and os.path.isdir(os.path.join(d, n))]
+    return max(steps) if steps else None
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:

@@ -89,13 +89,21 @@ def main(argv: list[str]) -> int:
     if recipe == "grpo":
         from storm_jax.train.grpo import run_grpo
 
-        out = run_grpo(cfg)
+        try:
+            out = run_grpo(cfg)
+        except ConfigError as e:  # e.g. a resume that would change the architecture (nothing was written)
+            print(f"storm-jax train {recipe}: {e}", file=sys.stderr)
+            return 2
         curve = " ".join(f"{r:.2f}" for r in out["curve"])
         print(f"done: step {out['step']} reward curve [{curve}]")
         return 0
     from storm_jax.train.sft import train_sft
 
-    out = train_sft(cfg)
+    try:
+        out = train_sft(cfg)
+    except ConfigError as e:
+        print(f"storm-jax train {recipe}: {e}", file=sys.stderr)
+        return 2
     print(f"done: step {out['step']} loss {out['loss']:.4f} eval_loss {out['eval_loss']:.4f}")
     return 0 if out["finite"] else 1
 

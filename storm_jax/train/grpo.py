@@ -1,6 +1,6 @@
-"""GRPO with the code interpreter in the loop (STORM stage 2).
+"""GRPO with the code interpreter in the loop (STORM stage 2), run by the shared loop (storm_jax.train.loop).
 
-One step: a batch of problems -> G multi-turn rollouts each (the shared sampler + the real execution pool)
+One loop step: a batch of problems -> G multi-turn rollouts each (the shared sampler + the real execution pool)
 -> outcome rewards (storm_jax.rewards, protocol and eps from config) -> group advantages -> one or more
 optimizer passes over mini-batches with the clipped surrogate (storm_jax.train.grpo_loss) through the shared
 jitted train step. Nothing here has its own forward pass, sampler, log-prob or checkpoint code.
@@ -8,7 +8,7 @@ jitted train step. Nothing here has its own forward pass, sampler, log-prob or c
 Log-probs: pi_old defaults to the sampler's raw-model log-probs (temperature 1, untruncated), which are the
 behaviour policy's log-probs of the sampled ids; on logging steps the trainer recomputes them with
 `token_logprobs` and the largest difference is reported as `logprob_mismatch_max`. The reference (kl_beta > 0)
-is the initial params, held once and never given an optimizer state.
+is the initial params, held once (never given an optimizer state) and saved in every checkpoint.
 
 Weights: the sampler reads `state.params` directly (same device arrays, no host round-trip). Its mesh is the
 trainer's mesh, so no resharding is needed.
@@ -35,16 +35,20 @@ from storm_jax.models.qwen import ModelConfig
 from storm_jax.rewards import DEFAULT_CONFIG, ScoringConfig, is_correct
 from storm_jax.sampling.rollout import RolloutConfig, RolloutRequest, Trajectory, rollout
 from storm_jax.sampling.sampler import EngineConfig, Sampler, SamplingParams
-from storm_jax.train import metrics as M
-from storm_jax.train.checkpoint import Checkpointer, abstract_with_shardings
-from storm_jax.train.grpo_loss import GRPOLossConfig, group_advantages, make_grpo_loss
-from storm_jax.train.logprobs import token_logprobs
-from storm_jax.train.optim import make_optimizer
-from storm_jax.train.state import abstract_train_state, init_train_state, state_shardings
-from storm_jax.train.step import batch_sharding, make_train_step
+from storm_jax.train.grpo_loss import GRPOLossConfig, estimate_advantages
+from storm_jax.train.loop import FAULT_ENV, loop_options, run_loop
+from storm_jax.train.losses import batch_logprobs, make_loss
+from storm_jax.train.setup import (
+    build_setup,
+    check_resume,
+    initial_params,
+    make_mesh_rules,
+    resolve_model_config,
+)
+from storm_jax.train.step import batch_sharding
 
-#: Fault injection for resume tests: SIGKILL this process right after finishing this GRPO step.
-FAULT_ENV = "STORM_JAX_FAULT_AT_STEP"
+__all__ = ["FAULT_ENV", "Problem", "ProblemSampler", "build_batch", "compute_rewards", "load_problems",
+           "rollout_config", "engine_config", "rollout_stats", "train_grpo", "run_grpo", "trajectory_answer"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -260,25 +264,74 @@ def engine_config(g: ml_collections.ConfigDict) -> EngineConfig:
     return EngineConfig(num_slots=g.num_slots, max_len=g.max_len, chunk_size=g.decode_chunk)
 
 
+class ProblemBatches:
+    """The loop's iterator for GRPO: each item is the next `per_step` problem indices of a ProblemSampler."""
+
+    def __init__(self, sampler: ProblemSampler, per_step: int):
+        self.sampler, self.per_step = sampler, per_step
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[int]:
+        return self.sampler.next(self.per_step)
+
+    def get_state(self) -> dict:
+        return self.sampler.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.sampler.set_state(state)
+
+
+class History:
+    """Per-step reward mean and pass rate (checkpointed: a resumed run's curve covers every step)."""
+
+    def __init__(self):
+        self.values: dict[str, list[float]] = {"reward": [], "pass_rate": []}
+
+    def get_state(self) -> dict:
+        return {k: list(v) for k, v in self.values.items()}  # a copy: an async save may serialize it later
+
+    def set_state(self, state: dict) -> None:
+        self.values = {k: list(v) for k, v in state.items()}
+
+
+def zero_variance_line(step: int, m: dict[str, float]) -> str | None:
+    """A console line when every group of a step had identical rewards (no policy gradient at all)."""
+    n, zv = int(m.get("groups", 0)), int(m.get("zero_variance_groups", 0))
+    if not n or zv < n:
+        return None
+    return (
+        f"grpo step {step}: all {n} groups had zero reward variance (reward mean {m.get('reward_mean', 0.0):.3f}): "
+        "no policy gradient, the loss is 0"
+    )
+
+
 def train_grpo(
     cfg: ml_collections.ConfigDict,
     *,
-    model_cfg: ModelConfig,
-    params: Any,
-    mesh_rules: Any,
     tokenizer: Any,
     executor: Any,
+    params: Any = None,
+    model_cfg: ModelConfig | None = None,
+    mesh_rules: Any = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run (or resume) GRPO from `params` as configured in `cfg` (sections grpo, optim, checkpoint).
+    """Run (or resume) GRPO as configured in `cfg` (sections grpo, optim, checkpoint) in cfg.workdir.
 
-    Returns {"step", "curve": [per-step reward mean], "pass_curve", "params", "metrics": last metrics}.
+    Starts from `params` (else cfg.init_from_hf / init_from_params / a seeded init) unless the workdir has a
+    checkpoint. With kl_beta > 0 the starting params are the reference, kept in every checkpoint.
+    Returns {"step", "curve": [per-step reward mean], "pass_curve", "params", "state", "metrics"}.
     """
+    from storm_jax.config import save_config
     from storm_jax.tokenizer import encode_prompt, eos_ids
 
     g = cfg.grpo
-    workdir = cfg.workdir
+    for line in check_resume(cfg):  # before anything is written
+        echo(f"warning: {line}")
     problems = load_problems(g.problems_path, g.system_prompt)
+    model_cfg = model_cfg or resolve_model_config(cfg)
+    mesh_rules = mesh_rules or make_mesh_rules(cfg)
     P, G = g.problems_per_step, g.group_size
     n_traj = P * G
     dp = int(mesh_rules.mesh.shape["data"] * mesh_rules.mesh.shape["fsdp"])
@@ -293,59 +346,27 @@ def train_grpo(
     optim_cfg = ml_collections.ConfigDict(cfg.optim.to_dict())
     if g.lr:
         optim_cfg.lr = g.lr
-    optimizer, schedule = make_optimizer(optim_cfg, g.steps * updates_per_step)
-    abs_state = abstract_train_state(model_cfg, optimizer, jax.eval_shape(lambda p: p, params))
-    sh = state_shardings(abs_state, model_cfg, mesh_rules)
-    loss_cfg = _loss_config(g)
+    setup = build_setup(
+        cfg, model_cfg=model_cfg, mesh_rules=mesh_rules, optim_cfg=optim_cfg,
+        total_steps=g.steps * updates_per_step, params_like=params,
+    )  # fmt: skip
     # Chunk the vocabulary projection (bounds [B, T, V] logits); the chunk divides every bucketed length.
     chunk = math.gcd(cfg.train.logprob_chunk, g.seq_bucket) if cfg.train.logprob_chunk else 0
-    loss_fn = make_grpo_loss(loss_cfg, mesh_rules, chunk_size=chunk)
-    train_step = make_train_step(
-        loss_fn,
-        model_cfg,
-        optimizer,
-        schedule,
-        mesh_rules=mesh_rules,
-        state_sharding=sh,
-        grad_accum=cfg.train.grad_accum,
+    train_step = setup.train_step(
+        make_loss("grpo", loss_cfg=_loss_config(g), mesh_rules=mesh_rules, chunk_size=chunk)
     )
     b_sh = batch_sharding(mesh_rules)
-    logp_fn = jax.jit(
-        lambda p, b: token_logprobs(
-            p, model_cfg, b["tokens"], b["targets"], segment_ids=b["segment_ids"], positions=b["positions"],
-            mesh_rules=mesh_rules, chunk_size=chunk,
-        )
-    )  # fmt: skip
+    logp_fn = jax.jit(lambda p, b: batch_logprobs(p, model_cfg, b, mesh_rules=mesh_rules, chunk_size=chunk))
 
-    ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        save_every=cfg.checkpoint.save_every,
-        keep=cfg.checkpoint.keep,
-        async_save=cfg.checkpoint.async_save,
-    )
-    ckpt.install_sigterm_handler()
-    psampler = ProblemSampler(len(problems), cfg.seed)
-    history: dict[str, list[float]] = {"reward": [], "pass_rate": []}
-    restored = ckpt.restore_latest(abstract_with_shardings(abs_state, sh))
-    ref_params = None
-    if restored is not None:
-        start, state, data_state, extra = restored
-        psampler.set_state(data_state)
-        history = {k: list(v) for k, v in (extra.get("history") or history).items()}
-        echo(f"grpo: resumed from {ckpt.directory} at step {start}")
-    else:
-        start = 0
-        state = jax.jit(lambda p: init_train_state(p, optimizer, cfg.seed), out_shardings=sh)(params)
-    if g.kl_beta > 0:
-        # The reference is the starting policy; on resume it is re-read from the run's init (kept on disk).
-        ref_params = jax.tree.map(jnp.copy, params)
-
-    tok_eos = eos_ids(tokenizer)
-    rcfg = rollout_config(g, tok_eos)
-    sampler = Sampler(state.params, model_cfg, engine_config(g), mesh_rules=mesh_rules)
+    batches = ProblemBatches(ProblemSampler(len(problems), cfg.seed), P)
+    history = History()
+    # The reference is the starting policy: a copy of the initial state's params, restored on resume.
+    ref_like = {"ref_params": setup.restore_target.params} if g.kl_beta > 0 else {}
+    init_ref = (lambda st: {"ref_params": jax.tree.map(jnp.copy, st.params)}) if g.kl_beta > 0 else None
+    rcfg = rollout_config(g, eos_ids(tokenizer))
     scoring = ScoringConfig(eps=g.epsilon)
-    writer = M.MetricsWriter(workdir, enabled=jax.process_index() == 0)
     prompt_cache: dict[int, list[int]] = {}
+    sampler: list[Sampler] = []  # built at the first step, around the restored (or initial) state
 
     def prompt_ids(i: int) -> list[int]:
         if i not in prompt_cache:
@@ -354,146 +375,127 @@ def train_grpo(
             )
         return prompt_cache[i]
 
-    bar = None
-    if jax.process_index() == 0 and cfg.train.progress:
-        from tqdm import tqdm
+    def step_fn(state, idx, ctx):
+        step = ctx.step
+        ref_params = ctx.arrays.get("ref_params")
+        if not sampler:
+            sampler.append(Sampler(state.params, model_cfg, engine_config(g), mesh_rules=mesh_rules))
+        t0 = time.perf_counter()
+        reqs = [
+            RolloutRequest(
+                prompt_ids(i), n=G, seed=int(cfg.seed * 1_000_003 + step * 1009 + k), meta={"problem": i}
+            )
+            for k, i in enumerate(idx)
+        ]
+        trajs = rollout(state.params, model_cfg, tokenizer, reqs, rcfg, executor, sampler=sampler[0])
+        t_roll = time.perf_counter() - t0
+        probs = [problems[idx[t.group]] for t in trajs]
+        rewards, correct = compute_rewards(
+            trajs, probs, protocol=g.protocol, scoring=scoring, answer_from=g.answer_from,
+            format_reward=g.format_reward,
+        )  # fmt: skip
+        if g.shuffle_rewards:  # control experiment: rewards carry no information about the trajectory
+            rewards = np.random.default_rng([cfg.seed, step, 7]).permutation(rewards)
+        adv = estimate_advantages(
+            "grpo" if g.scale_by_std else "dr_grpo",
+            rewards.reshape(P, G),
+            drop_zero_variance=g.drop_zero_variance,
+        )
+        A = adv.advantages.reshape(-1)
+        keep = adv.keep.reshape(-1)
+        zv = adv.zero_variance.reshape(-1)
+        longest = max(len(t.prompt_ids) + len(t.response_ids) for t in trajs) - 1
+        seq_len = min(_round_up(longest, g.seq_bucket), _round_up(g.max_len, g.seq_bucket))
 
-        bar = tqdm(total=g.steps, initial=start, desc="grpo", dynamic_ncols=True)
-    fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
-    step = start
-    last: dict[str, float] = {}
-    try:
-        while step < g.steps:
-            if ckpt.should_stop(step):
-                echo(f"grpo: stopped by SIGTERM at step {step}; checkpoint saved")
-                break
-            t0 = time.perf_counter()
-            idx = psampler.next(P)
-            reqs = [
-                RolloutRequest(
-                    prompt_ids(i), n=G, seed=int(cfg.seed * 1_000_003 + step * 1009 + k), meta={"problem": i}
+        # Mini-batches: a seeded shuffle of trajectories, each mini-batch padded to divide the mesh.
+        t1 = time.perf_counter()
+        order = np.random.default_rng([cfg.seed, step]).permutation(n_traj)
+        m_acc: dict[str, float] = {}
+        n_upd = 0
+        mismatch = float("nan")
+        for epoch in range(g.ppo_epochs):
+            for s in range(0, n_traj, mb_rows):
+                sel = order[s : s + mb_rows]
+                nb = build_batch(
+                    [trajs[i] for i in sel],
+                    A[sel],
+                    keep[sel],
+                    zv[sel],
+                    seq_len=seq_len,
+                    num_rows=mb_rows_padded,
                 )
-                for k, i in enumerate(idx)
-            ]
-            trajs = rollout(state.params, model_cfg, tokenizer, reqs, rcfg, executor, sampler=sampler)
-            t_roll = time.perf_counter() - t0
-            probs = [problems[idx[t.group]] for t in trajs]
-            rewards, correct = compute_rewards(
-                trajs, probs, protocol=g.protocol, scoring=scoring, answer_from=g.answer_from,
-                format_reward=g.format_reward,
-            )  # fmt: skip
-            if g.shuffle_rewards:  # control experiment: rewards carry no information about the trajectory
-                rewards = np.random.default_rng([cfg.seed, step, 7]).permutation(rewards)
-            adv = group_advantages(
-                rewards.reshape(P, G), scale_by_std=g.scale_by_std, drop_zero_variance=g.drop_zero_variance
-            )
-            A = adv.advantages.reshape(-1)
-            keep = adv.keep.reshape(-1)
-            zv = adv.zero_variance.reshape(-1)
-            longest = max(len(t.prompt_ids) + len(t.response_ids) for t in trajs) - 1
-            seq_len = min(_round_up(longest, g.seq_bucket), _round_up(g.max_len, g.seq_bucket))
+                batch = {k: jax.device_put(v, b_sh) for k, v in nb.items()}
+                if epoch == 0 and (g.old_logprobs == "trainer" or step % cfg.train.log_every == 0):
+                    trainer_lp = logp_fn(state.params, batch)
+                    diff = np.abs(np.asarray(trainer_lp) - nb["old_logprobs"])[nb["loss_mask"] > 0]
+                    mismatch = max(0.0 if math.isnan(mismatch) else mismatch, float(diff.max(initial=0.0)))
+                    if g.old_logprobs == "trainer":
+                        batch["old_logprobs"] = trainer_lp
+                if ref_params is not None:
+                    batch["ref_logprobs"] = logp_fn(ref_params, batch)
+                state, m = train_step(state, batch)
+                for k, v in jax.device_get(m).items():
+                    m_acc[k] = m_acc.get(k, 0.0) + float(v)
+                n_upd += 1
+        out = {k: v / n_upd for k, v in m_acc.items()}
+        out.update(rollout_stats(trajs))
+        out.update({f"adv_{k}" if not k.startswith("adv") else k: v for k, v in adv.stats().items()})
+        out.update(
+            groups=float(adv.n_groups),
+            zero_variance_groups=float(adv.n_zero_variance_groups),
+            reward_mean=float(rewards.mean()),
+            pass_rate=float(correct.mean()),
+            logprob_mismatch_max=mismatch,
+            time_rollout_s=t_roll,
+            time_train_s=time.perf_counter() - t1,
+            seq_len=float(seq_len),
+        )
+        history.values["reward"].append(float(rewards.mean()))
+        history.values["pass_rate"].append(float(correct.mean()))
+        return state, out
 
-            # Mini-batches: a seeded shuffle of trajectories, each mini-batch padded to divide the mesh.
-            t1 = time.perf_counter()
-            order = np.random.default_rng([cfg.seed, step]).permutation(n_traj)
-            m_acc: dict[str, float] = {}
-            n_upd = 0
-            mismatch = float("nan")
-            for epoch in range(g.ppo_epochs):
-                for s in range(0, n_traj, mb_rows):
-                    sel = order[s : s + mb_rows]
-                    nb = build_batch(
-                        [trajs[i] for i in sel],
-                        A[sel],
-                        keep[sel],
-                        zv[sel],
-                        seq_len=seq_len,
-                        num_rows=mb_rows_padded,
-                    )
-                    batch = {k: jax.device_put(v, b_sh) for k, v in nb.items()}
-                    if epoch == 0 and (g.old_logprobs == "trainer" or step % cfg.train.log_every == 0):
-                        trainer_lp = logp_fn(state.params, batch)
-                        diff = np.abs(np.asarray(trainer_lp) - nb["old_logprobs"])[nb["loss_mask"] > 0]
-                        mismatch = max(
-                            0.0 if math.isnan(mismatch) else mismatch, float(diff.max(initial=0.0))
-                        )
-                        if g.old_logprobs == "trainer":
-                            batch["old_logprobs"] = trainer_lp
-                    if ref_params is not None:
-                        batch["ref_logprobs"] = logp_fn(ref_params, batch)
-                    state, m = train_step(state, batch)
-                    m = jax.device_get(m)
-                    for k, v in m.items():
-                        m_acc[k] = m_acc.get(k, 0.0) + float(v)
-                    n_upd += 1
-            t_train = time.perf_counter() - t1
-            step += 1
-            last = {k: v / n_upd for k, v in m_acc.items()}
-            last.update(rollout_stats(trajs))
-            last.update({f"adv_{k}" if not k.startswith("adv") else k: v for k, v in adv.stats().items()})
-            last.update(
-                reward_mean=float(rewards.mean()),
-                pass_rate=float(correct.mean()),
-                logprob_mismatch_max=mismatch,
-                time_rollout_s=t_roll,
-                time_train_s=t_train,
-                seq_len=float(seq_len),
-            )
-            history["reward"].append(float(rewards.mean()))
-            history["pass_rate"].append(float(correct.mean()))
-            writer.write(
-                step, {k: v for k, v in last.items() if not (isinstance(v, float) and math.isnan(v))}
-            )
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    reward=f"{last['reward_mean']:.3f}", loss=f"{last.get('loss', float('nan')):.4f}"
-                )
-            ckpt.save(step, state, data_state=psampler.get_state(), extra={"history": history})
-            if fault_at and step == fault_at:
-                import signal
+    flat_steps: list[int] = []
 
-                ckpt.wait()
-                os.kill(os.getpid(), signal.SIGKILL)
-        ckpt.save(step, state, data_state=psampler.get_state(), extra={"history": history}, force=True)
-    finally:
-        ckpt.close()
-        writer.close()
-        if bar is not None:
-            bar.close()
+    def on_log(step, m, dt):
+        line = zero_variance_line(step, m)
+        if line:
+            flat_steps.append(step)
+            echo(line)
+        return {k: v for k, v in m.items() if not math.isnan(v)}
+
+    def on_start(start):
+        if jax.process_index() == 0:
+            save_config(cfg, cfg.workdir)
+
+    res = run_loop(
+        setup, step_fn, batches, loop_options(cfg, steps=g.steps, log_every=1, desc="grpo"),
+        init_state=lambda: setup.init_state(initial_params(cfg, setup, params)),
+        extra={"history": history}, arrays=ref_like, init_arrays=init_ref, on_start=on_start, on_log=on_log,
+        postfix=lambda m: {"reward": f"{m['reward_mean']:.3f}", "loss": f"{m.get('loss', float('nan')):.4f}",
+                           "zero_var": f"{int(m['zero_variance_groups'])}/{int(m['groups'])}"},
+        echo=echo,
+    )  # fmt: skip
+    if flat_steps:
+        echo(f"grpo: {len(flat_steps)} of {res.step - res.start_step} steps had only zero-variance groups")
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "reward_curve.json"), "w") as f:
-            json.dump(history, f)
-    return {"step": step, "curve": history["reward"], "pass_curve": history["pass_rate"], "params": state.params,
-            "metrics": last}  # fmt: skip
+        os.makedirs(cfg.workdir, exist_ok=True)
+        with open(os.path.join(cfg.workdir, "reward_curve.json"), "w") as f:
+            json.dump(history.values, f)
+    return {"step": res.step, "curve": history.values["reward"], "pass_curve": history.values["pass_rate"],
+            "params": res.state.params, "state": res.state, "metrics": res.metrics}  # fmt: skip
 
 
 def run_grpo(
     cfg: ml_collections.ConfigDict, *, params: Any = None, echo: Callable[[str], None] = print
 ) -> dict:
-    """GRPO as a command: mesh, model, tokenizer and execution pool from the config, then `train_grpo`.
-
-    Starts from `params` if given, else from cfg.init_from_hf / cfg.init_from_params / a seeded random init.
-    """
-    from storm_jax.config import save_config
+    """GRPO as a command: tokenizer and execution pool from the config, then `train_grpo`."""
     from storm_jax.execution.pool import ExecutionConfig, ExecutionPool
     from storm_jax.parallel.mesh import maybe_initialize_distributed
     from storm_jax.tokenizer import load_tokenizer
-    from storm_jax.train.sft import build_run, initial_params, resolve_model_config
 
     maybe_initialize_distributed()
-    model_cfg = resolve_model_config(cfg)
-    run = build_run(cfg, model_cfg)
-    if params is None:
-        params = initial_params(cfg, run)
     tokenizer = load_tokenizer(cfg.data.tokenizer_path or cfg.init_from_hf or None)
-    if jax.process_index() == 0:
-        save_config(cfg, cfg.workdir)
     g = cfg.grpo
     exec_cfg = ExecutionConfig(wall_s=g.exec_timeout_s, cpu_s=g.exec_timeout_s)
     with ExecutionPool(num_workers=g.exec_workers, config=exec_cfg) as pool:
-        return train_grpo(
-            cfg, model_cfg=model_cfg, params=params, mesh_rules=run.mesh_rules, tokenizer=tokenizer,
-            executor=pool, echo=echo,
-        )  # fmt: skip
+        return train_grpo(cfg, params=params, tokenizer=tokenizer, executor=pool, echo=echo)

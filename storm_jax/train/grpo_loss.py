@@ -1,6 +1,6 @@
 """The GRPO objective as pure functions: group advantages (host side), the clipped token loss, and a LossFn.
 
-Formulas (DESIGN.md §3). Per prompt, G sampled responses with rewards r_i get
+Formulas. Per prompt, G sampled responses with rewards r_i get
     A_i = (r_i - mean_group(r)) / (std_group(r) + eps)          (Dr.GRPO: A_i = r_i - mean_group(r))
 and every response token t of sequence i contributes
     l_t = -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i) + beta * k3_t,
@@ -18,6 +18,9 @@ Gradient accumulation: `storm_jax.train.step.make_train_step` combines micro-bat
 sum_i(w_i L_i) / sum_i(w_i). With w_i = #tokens_i (token_mean) or #kept sequences_i (the two others), each
 L_i = S_i / w_i (S_i = the micro-batch's share of the numerator), so the combination is
 sum_i S_i / sum_i w_i -- exactly the full-batch value, however the batch is split.
+
+Registries (plain dicts, by name): `AGGREGATORS` (the three above), `ADVANTAGE_ESTIMATORS` ("grpo" scales by
+the group std, "dr_grpo" does not), and the loss itself as "grpo" in storm_jax.train.losses.LOSSES.
 """
 
 from __future__ import annotations
@@ -31,11 +34,7 @@ import numpy as np
 
 from storm_jax.models.qwen import ModelConfig
 from storm_jax.parallel.mesh import MeshRules
-from storm_jax.train.logprobs import token_logprobs
-from storm_jax.train.losses import LossFn, masked_sequence_mean
-
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
-
+from storm_jax.train.losses import LossFn, batch_logprobs, masked_sequence_mean, register_loss
 
 # ----------------------------------------------------------------------------------------------------------
 # Group advantages (numpy, host side, after rollouts + rewards)
@@ -131,9 +130,46 @@ def group_advantages(
     )
 
 
+#: Advantage estimators by name: (rewards, group_ids=None, **options) -> GroupAdvantages.
+ADVANTAGE_ESTIMATORS: dict[str, Any] = {
+    "grpo": lambda rewards, group_ids=None, **kw: group_advantages(
+        rewards, group_ids, scale_by_std=True, **kw
+    ),
+    "dr_grpo": lambda rewards, group_ids=None, **kw: group_advantages(
+        rewards, group_ids, scale_by_std=False, **kw
+    ),
+}
+
+
+def estimate_advantages(name: str, rewards: Any, group_ids: Any = None, **options: Any) -> GroupAdvantages:
+    """The registered advantage estimator `name` on `rewards` ([P, G], or [N] with group_ids)."""
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise KeyError(f"unknown advantage estimator {name!r}; registered: {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name](rewards, group_ids, **options)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Token loss on arrays
 # ----------------------------------------------------------------------------------------------------------
+
+
+def _token_mean(values, m, seg, n_tok, n_seq, max_len):
+    return jnp.sum(values * m) / jnp.maximum(n_tok, 1.0)
+
+
+def _seq_mean_token_mean(values, m, seg, n_tok, n_seq, max_len):
+    return masked_sequence_mean(values, m, seg)[0]
+
+
+def _constant(values, m, seg, n_tok, n_seq, max_len):
+    return jnp.sum(values * m) / (float(max_len) * jnp.maximum(n_seq, 1.0))
+
+
+#: Aggregations by name: (values, mask, segment_ids, #tokens, #kept sequences, max_response_len) -> scalar,
+#: and the micro-batch weight each one needs for exact accumulation (module doc).
+AGGREGATORS = {"token_mean": _token_mean, "seq_mean_token_mean": _seq_mean_token_mean, "constant": _constant}
+AGGREGATION_WEIGHT = {"token_mean": "tokens", "seq_mean_token_mean": "sequences", "constant": "sequences"}
+AGGREGATIONS = tuple(AGGREGATORS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,12 +289,10 @@ def grpo_token_loss(
     n_tok = jnp.sum(m)
     _, n_seq = masked_sequence_mean(jnp.zeros(shape, jnp.float32), m, seg)
 
+    agg = AGGREGATORS[cfg.aggregation]
+
     def aggregate(values):
-        if cfg.aggregation == "token_mean":
-            return jnp.sum(values * m) / jnp.maximum(n_tok, 1.0)
-        if cfg.aggregation == "seq_mean_token_mean":
-            return masked_sequence_mean(values, m, seg)[0]
-        return jnp.sum(values * m) / (float(cfg.max_response_len) * jnp.maximum(n_seq, 1.0))
+        return agg(values, m, seg, n_tok, n_seq, cfg.max_response_len)
 
     def tok_mean(values):
         return jnp.sum(jax.lax.stop_gradient(values) * m) / jnp.maximum(n_tok, 1.0)
@@ -266,7 +300,7 @@ def grpo_token_loss(
     loss = aggregate(per_token)
     sg = jax.lax.stop_gradient
     metrics = {
-        "weight": n_tok if cfg.aggregation == "token_mean" else n_seq,
+        "weight": n_tok if AGGREGATION_WEIGHT[cfg.aggregation] == "tokens" else n_seq,
         "pg_loss": sg(aggregate(pg)),
         "ratio_mean": tok_mean(ratio),
         "clip_frac_low": tok_mean(clip_low.astype(jnp.float32)),
@@ -290,6 +324,7 @@ def grpo_token_loss(
 # ----------------------------------------------------------------------------------------------------------
 
 
+@register_loss("grpo")
 def make_grpo_loss(
     loss_cfg: GRPOLossConfig, mesh_rules: MeshRules | None = None, *, chunk_size: int = 0
 ) -> LossFn:
@@ -320,13 +355,10 @@ def make_grpo_loss(
         )
         trunc = need(batch, "truncated", "mask_truncated=True") if loss_cfg.mask_truncated else None
         zv = need(batch, "zero_variance", "drop_zero_variance=True") if loss_cfg.drop_zero_variance else None
-        out = token_logprobs(
+        out = batch_logprobs(
             params,
             model_cfg,
-            batch["tokens"],
-            batch["targets"],
-            segment_ids=batch["segment_ids"],
-            positions=batch["positions"],
+            batch,
             mesh_rules=mesh_rules,
             chunk_size=chunk_size,
             return_entropy=loss_cfg.compute_entropy,

@@ -4,6 +4,10 @@
 sum_i(weight_i * loss_i) / sum_i(weight_i). For the SFT token mean, loss_i is the mean NLL over the masked
 tokens of micro-batch i and weight_i its masked-token count, which gives exactly the per-token mean over the
 global batch however it is split into micro-batches.
+
+Losses are registered by name (`LOSSES`, a plain dict filled by `@register_loss`): a trainer builds its loss
+with `make_loss(name, **options)`; storm_jax.train.grpo_loss registers "grpo", new objectives (weighted DPO,
+GenPRM) register theirs the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +23,51 @@ from storm_jax.parallel.mesh import MeshRules
 from storm_jax.train.logprobs import token_logprobs
 
 LossFn = Callable[[Any, dict, ModelConfig], tuple[jax.Array, dict]]
+
+#: name -> factory(**options) -> LossFn.
+LOSSES: dict[str, Callable[..., LossFn]] = {}
+
+
+def register_loss(name: str) -> Callable[[Callable[..., LossFn]], Callable[..., LossFn]]:
+    """Decorator: register a loss factory under `name` (a name may be registered once)."""
+
+    def deco(factory):
+        if name in LOSSES and LOSSES[name] is not factory:
+            raise ValueError(f"loss {name!r} is already registered ({LOSSES[name].__module__})")
+        LOSSES[name] = factory
+        return factory
+
+    return deco
+
+
+def make_loss(name: str, **options: Any) -> LossFn:
+    """The registered loss `name` built with `options`."""
+    if name not in LOSSES:
+        raise KeyError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
+    return LOSSES[name](**options)
+
+
+def batch_logprobs(
+    params: Any,
+    model_cfg: ModelConfig,
+    batch: dict,
+    *,
+    mesh_rules: MeshRules | None = None,
+    chunk_size: int = 0,
+    return_entropy: bool = False,
+):
+    """token_logprobs of batch["targets"] given the batch's tokens, segment_ids and positions."""
+    return token_logprobs(
+        params,
+        model_cfg,
+        batch["tokens"],
+        batch["targets"],
+        segment_ids=batch["segment_ids"],
+        positions=batch["positions"],
+        mesh_rules=mesh_rules,
+        chunk_size=chunk_size,
+        return_entropy=return_entropy,
+    )
 
 
 def masked_token_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -46,31 +95,28 @@ def masked_sequence_mean(
     return jnp.sum(per_doc) / jnp.maximum(n_docs, 1.0), n_docs
 
 
+#: SFT normalizations: name -> (values, mask, segment_ids) -> (loss, micro-batch weight).
+NORMALIZATIONS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]] = {
+    "token": lambda values, mask, segment_ids: masked_token_mean(values, mask),
+    "sequence": masked_sequence_mean,
+}
+
+
+@register_loss("sft")
 def make_sft_loss(
     *, normalization: str = "token", chunk_size: int = 0, mesh_rules: MeshRules | None = None
 ) -> LossFn:
     """SFT loss: masked mean of -token_logprobs over batch["loss_mask"] (token or sequence normalization)."""
-    if normalization not in ("token", "sequence"):
-        raise ValueError(f"loss normalization {normalization!r}: expected 'token' or 'sequence'")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"loss normalization {normalization!r}: expected one of {sorted(NORMALIZATIONS)}")
+    normalize = NORMALIZATIONS[normalization]
 
     def loss_fn(params, batch, model_cfg: ModelConfig):
-        logp = token_logprobs(
-            params,
-            model_cfg,
-            batch["tokens"],
-            batch["targets"],
-            segment_ids=batch["segment_ids"],
-            positions=batch["positions"],
-            mesh_rules=mesh_rules,
-            chunk_size=chunk_size,
-        )
+        logp = batch_logprobs(params, model_cfg, batch, mesh_rules=mesh_rules, chunk_size=chunk_size)
         mask = batch["loss_mask"].astype(jnp.float32) * (batch["segment_ids"] != 0)
         nll = -logp
         tok_loss, n_tok = masked_token_mean(nll, mask)
-        if normalization == "token":
-            loss, weight = tok_loss, n_tok
-        else:
-            loss, weight = masked_sequence_mean(nll, mask, batch["segment_ids"])
+        loss, weight = normalize(nll, mask, batch["segment_ids"])
         return loss, {"weight": weight, "token_nll": tok_loss, "sum_loss_tokens": n_tok}
 
     return loss_fn
