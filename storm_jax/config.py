@@ -25,6 +25,7 @@ from typing import Any
 import ml_collections
 
 from storm_jax.models.qwen import ModelConfig
+from storm_jax.rewards import PROTOCOLS
 
 #: The recipes shipped in the package (storm_jax/configs/), resolvable by name: `--config=storm_sft`.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -73,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_epochs = 0  # 0 = repeat forever (train.steps bounds the run)
 
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # one size may be -1 (= the rest)
+    # logical-axis -> mesh-axis rules (storm_jax/parallel/mesh.py presets: fsdp_tp, fsdp_only, tp_only,
+    # data_parallel, replicated); the sampler has its own table so decoding can be laid out differently
+    c.mesh.rules = "fsdp_tp"
+    c.mesh.sampler_rules = "fsdp_tp"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-5
@@ -124,7 +129,7 @@ def grpo_defaults() -> ml_collections.ConfigDict:
     g.max_output_chars = 2000
     g.exec_timeout_s = 10.0
     g.exec_workers = 2
-    g.protocol = "storm"  # storm | strict | orlm | abs001
+    g.protocol = "storm"  # one of storm_jax.rewards.PROTOCOLS: storm | strict | orlm | round2 | abs001
     g.epsilon = 1e-4  # relative tolerance of the storm reward (a guess: not published)
     g.answer_from = "boxed"  # boxed | execution | auto
     g.format_reward = 0.0  # added for any well-formed \\boxed{} answer (off by default)
@@ -403,6 +408,13 @@ def validate(
         model_config(cfg)
     except (ValueError, TypeError) as e:
         fail("model", str(e))
+    from storm_jax.parallel.mesh import MESH_AXES, rules_from_config
+
+    for key in ("rules", "sampler_rules"):
+        try:
+            rules_from_config(cfg.mesh[key], mesh_axes=tuple(MESH_AXES), key=f"mesh.{key}")
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
     if cfg.train.loss_norm not in LOSS_NORMS:
         fail("train.loss_norm", f"{cfg.train.loss_norm!r} not in {LOSS_NORMS}")
     if cfg.optim.decay not in DECAYS:
@@ -442,7 +454,7 @@ def _validate_grpo(g: ml_collections.ConfigDict, fail) -> None:
     if not g.problems_path:
         fail("grpo.problems_path", "is empty (set a benchmark-schema JSONL of problems)")
     choices = {
-        "protocol": ("storm", "strict", "orlm", "abs001"),
+        "protocol": PROTOCOLS,
         "answer_from": ("boxed", "execution", "auto"),
         "aggregation": ("token_mean", "seq_mean_token_mean", "constant"),
         "old_logprobs": ("sampler", "trainer"),

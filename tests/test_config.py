@@ -91,3 +91,25 @@ def test_save_and_reload_roundtrip(tmp_path):
     assert json.loads(path.read_text())["optim"]["lr"] == 0.5
     back = config_from_json(path)
     assert back.to_dict() == cfg.to_dict()
+
+
+def test_mesh_rules_are_config_data():
+    """mesh.rules picks the logical-axis table the trainer shards with; a bad preset names its key."""
+    import jax
+
+    from storm_jax.config import ConfigError, load_config
+    from storm_jax.parallel.mesh import rules_from_config
+    from storm_jax.train.setup import make_mesh_rules
+
+    one = jax.devices()[:1]
+    cfg = load_config("tiny_cpu", ["mesh.rules=tp_only"], num_devices=1)
+    assert make_mesh_rules(cfg, devices=one).rules == rules_from_config(
+        "tp_only", mesh_axes=("data", "fsdp", "tensor")
+    )
+    assert (
+        make_mesh_rules(load_config("tiny_cpu", [], num_devices=1), devices=one).rules
+        != make_mesh_rules(cfg, devices=one).rules
+    )
+    for key in ("rules", "sampler_rules"):
+        with pytest.raises(ConfigError, match=rf"mesh\.{key}='nosuch': unknown rules preset"):
+            load_config("tiny_cpu", [f"mesh.{key}=nosuch"], num_devices=1)

@@ -16,9 +16,8 @@ storm_jax.train.dpo_loss.dpo_defaults() into it (and "dpo" into the known recipe
 
 from __future__ import annotations
 
-from storm_jax.configs import model_presets
-
 from storm_jax.config import base_config
+from storm_jax.configs import model_presets
 from storm_jax.train.dpo_loss import dpo_defaults
 
 VARIANTS = {"tiny": "the same recipe on a tiny random Qwen3 (CPU, minutes)"}

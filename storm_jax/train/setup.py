@@ -21,7 +21,7 @@ import ml_collections
 
 from storm_jax.config import ConfigError, config_from_json, mesh_sizes, model_config
 from storm_jax.models.qwen import ModelConfig, abstract_params, init_params
-from storm_jax.parallel.mesh import MeshRules, make_mesh
+from storm_jax.parallel.mesh import MeshRules, make_mesh, mesh_rules_from_config
 from storm_jax.train.checkpoint import abstract_with_shardings, latest_step_on_disk, restore_params
 from storm_jax.train.losses import LossFn
 from storm_jax.train.optim import make_optimizer
@@ -81,7 +81,10 @@ def make_mesh_rules(cfg: ml_collections.ConfigDict, devices=None) -> MeshRules:
     """The (data, fsdp, tensor) mesh of cfg.mesh over `devices` (default: all)."""
     devices = list(jax.devices() if devices is None else devices)
     data, fsdp, tensor = mesh_sizes(cfg, len(devices))
-    return MeshRules(make_mesh(data, fsdp, tensor, devices=devices))
+    try:  # the rules table is config data (mesh.rules); a bad one names its key
+        return mesh_rules_from_config(make_mesh(data, fsdp, tensor, devices=devices), cfg.mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_setup(
