@@ -1,7 +1,7 @@
 """`storm-jax pipeline`: the whole STORM recipe at tiny scale, end to end.
 
   1. SFT of a Qwen3 on tool-integrated trajectories          (storm_jax.train.sft.train_sft)
-  2. score the SFT model on held-out problems                 (rollouts + storm_jax.eval.score.score_samples)
+  2. score the SFT model on held-out problems                 (rollouts + the shared verifier, storm_jax/verify.py)
   3. GRPO with the execution pool in the loop                 (storm_jax.train.grpo.train_grpo)
   4. score again, print the reward curve and a before/after table, save reward_curve.png
 
@@ -42,25 +42,26 @@ def evaluate(
     samples: int = 1,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Roll out on held-out problems and score the completions with the offline scorer (protocol from g)."""
+    """Roll out on held-out problems and verify each trajectory from its recorded executions (protocol from g).
+
+    Nothing is executed twice: the rollout's code interpreter already ran every program the model wrote, and
+    the shared verifier (storm_jax/verify.py) reads their results from the trajectories.
+    """
+    from storm_jax import verify
     from storm_jax.data.benchmarks import read_rows
-    from storm_jax.eval.score import Completion, score_samples
     from storm_jax.rewards import ScoringConfig
     from storm_jax.sampling.rollout import RolloutRequest, rollout
     from storm_jax.sampling.sampler import Sampler
-    from storm_jax.tokenizer import encode_prompt, eos_ids
+    from storm_jax.tokenizer import eos_ids
     from storm_jax.train.grpo import engine_config, rollout_config, rollout_stats
 
     rows = read_rows(problems_path)
     if limit:
         rows = rows[:limit]
-    sys_msg = [{"role": "system", "content": g.system_prompt}] if g.system_prompt else []
     reqs = [
         RolloutRequest(
-            encode_prompt(
-                tokenizer,
-                sys_msg + [{"role": "user", "content": r.question}],
-                enable_thinking=g.enable_thinking,
+            verify.problem_prompt_ids(
+                tokenizer, r.question, system_prompt=g.system_prompt, enable_thinking=g.enable_thinking
             ),
             n=samples,
             seed=seed + i,
@@ -70,8 +71,13 @@ def evaluate(
     rcfg = rollout_config(g, eos_ids(tokenizer), greedy=samples == 1)
     sampler = Sampler(params, model_cfg, engine_config(g))
     trajs = rollout(params, model_cfg, tokenizer, reqs, rcfg, executor, sampler=sampler)
-    items = [(rows[t.group], Completion(rows[t.group].id, t.text, t.sample_index)) for t in trajs]
-    results = score_samples(items, g.protocol, g.answer_from, executor, ScoringConfig(eps=g.epsilon))
+    results = verify.verify_trajectories(
+        trajs,
+        [(rows[t.group].answer, rows[t.group].answer_status) for t in trajs],
+        protocol=g.protocol,
+        answer_from=g.answer_from,
+        config=ScoringConfig(eps=g.epsilon),
+    )
     correct = np.array([r.correct for r in results], np.float32)
     out = {"n": float(len(results)), "pass@1": float(correct.mean()) if len(correct) else 0.0}
     out.update(rollout_stats(trajs))

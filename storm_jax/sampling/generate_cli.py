@@ -21,6 +21,7 @@ import sys
 import time
 
 from storm_jax.cli_util import ArgumentParser, UsageError, check_hf_dir, check_range, fail
+from storm_jax.verify import problem_messages
 
 PROG = "storm-jax generate"
 _ROLES = ("system", "user", "assistant")
@@ -123,9 +124,9 @@ def _read_prompts(path: str) -> list[tuple[str, list[dict]]]:
                         f"{path}:{lineno}: messages[{bad[0]}] must be a {{role, content}} object"
                     )
             elif isinstance(row.get("prompt"), str):
-                msgs = [{"role": "user", "content": row["prompt"]}]
+                msgs = problem_messages(row["prompt"])
             elif isinstance(row.get("question"), str):  # a benchmark row: its question is the prompt
-                msgs = [{"role": "user", "content": row["question"]}]
+                msgs = problem_messages(row["question"])
             else:
                 raise UsageError(
                     f"{path}:{lineno}: expected a 'prompt' string, a 'messages' list or a 'question' string"

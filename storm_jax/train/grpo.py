@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from storm_jax import verify
 from storm_jax.data.benchmarks import read_rows
 from storm_jax.execution.answers import Answer
 from storm_jax.models.qwen import ModelConfig
@@ -69,9 +70,8 @@ class Problem:
 def load_problems(path: str, system_prompt: str = "") -> list[Problem]:
     """Problems from a benchmark-schema JSONL (id, question, answer, answer_status); errors name file:line."""
     rows = read_rows(path)
-    sys_msg = ({"role": "system", "content": system_prompt},) if system_prompt else ()
     return [
-        Problem(r.id, sys_msg + ({"role": "user", "content": r.question},), r.answer, r.answer_status)
+        Problem(r.id, tuple(verify.problem_messages(r.question, system_prompt)), r.answer, r.answer_status)
         for r in rows
     ]
 
@@ -111,16 +111,8 @@ class ProblemSampler:
 
 
 def trajectory_answer(traj: Trajectory, answer_from: str) -> Answer:
-    """The answer a trajectory gives: its final boxed answer, the last executed program's, or boxed-then-execution."""
-    if answer_from not in ("boxed", "execution", "auto"):
-        raise ValueError(f"answer_from={answer_from!r}: expected boxed, execution or auto")
-    if answer_from in ("boxed", "auto") and traj.answer is not None:
-        return traj.answer
-    if answer_from in ("execution", "auto"):
-        for ex in reversed(traj.executions):
-            if ex.status == "ok" and ex.answer is not None:
-                return ex.answer
-    return None
+    """The answer a trajectory gives (the shared verifier's rule, storm_jax/verify.py)."""
+    return verify.trajectory_answer(traj, answer_from)[0]
 
 
 def compute_rewards(
