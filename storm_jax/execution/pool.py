@@ -1,4 +1,4 @@
-"""Execution pool for generated solver code (DESIGN §6).
+"""Execution pool for generated solver code (docs/design.md#executing-generated-code).
 
 Warm worker processes (pyomo + highspy imported, a first solve done) each fork a sandboxed child per
 program — see :mod:`storm_jax.execution.sandbox` for what the child and the worker do. This module is

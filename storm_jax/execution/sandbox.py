@@ -1,4 +1,4 @@
-"""Worker side of the execution pool (DESIGN §6): one warm process that forks a sandboxed child per program.
+"""Worker side of the execution pool (docs/design.md#executing-generated-code): one warm process that forks a sandboxed child per program.
 
 This file runs as a script (``python sandbox.py CONFIG_JSON REQ_FD RESP_FD``) started by
 :mod:`storm_jax.execution.pool` with a scrubbed environment, and imports only the standard library, its

@@ -6,15 +6,9 @@ from __future__ import annotations
 import random
 
 from storm_jax.data.synth.core import LinearForm, fmt, lin_expr
+from storm_jax.data.synth.families_flow import MinCostFlow, Portfolio, Transportation
 from storm_jax.data.synth.families_ip import ALL_IP
-from storm_jax.data.synth.families_lp import (
-    Blending,
-    Diet,
-    MinCostFlow,
-    Portfolio,
-    Production,
-    Transportation,
-)
+from storm_jax.data.synth.families_lp import Blending, Diet, Production
 from storm_jax.data.synth.family import Family
 
 

@@ -23,6 +23,23 @@ from storm_jax.execution.answers import answer_from_output
 _WORKER = r"""
 import contextlib, io, json, linecache, signal, sys, traceback
 import pyomo.environ  # warm import: every gold program needs it
+import highspy, os
+# One solver thread: a multi-threaded MIP search can return a different one of several optimal solutions
+# from run to run (it depends on thread timing, i.e. on machine load), and the gold trajectories print the
+# solution, so the bundled data would not regenerate byte for byte. HiGHS keeps the first scheduler's
+# thread count for the whole process.
+sys.stdout.flush()
+_fd = os.dup(1)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # HiGHS's banner is written to fd 1: keep the protocol clean
+try:
+    _h = highspy.Highs()
+    _h.setOptionValue("output_flag", False)
+    _h.setOptionValue("threads", 1)
+    _h.addVar(0.0, 1.0)
+    _h.run()
+    del _h
+finally:
+    os.dup2(_fd, 1)
 
 class _Timeout(BaseException):
     pass
