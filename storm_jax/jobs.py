@@ -23,6 +23,7 @@ class JsonlLog:
         self.path, self.key = Path(path), key
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._rows: list[dict] = []
+        self.path.touch()  # the output exists from the start, even while (or if) it stays empty
         if self.path.exists():
             data = self.path.read_bytes()
             good = data.rfind(b"\n") + 1

@@ -83,7 +83,7 @@ def test_recipes_are_package_modules(tmp_path, monkeypatch):
     from storm_jax.config import CONFIGS_DIR, load_config, recipe_names
 
     monkeypatch.chdir(tmp_path)
-    assert recipe_names() == ["storm_grpo", "storm_sft", "storm_tiny", "tiny_cpu"]
+    assert recipe_names() == ["calm", "storm_grpo", "storm_sft", "storm_tiny", "tiny_cpu"]
     cfg = load_config("storm_sft", ["data.path=x.jsonl"], num_devices=8)
     assert cfg.data.seq_len == 16384 and cfg.model.hidden_size == 2560
     grpo = load_config("storm_grpo.py:tiny", num_devices=1)
