@@ -74,3 +74,84 @@ def test_local_client_samples_through_the_shared_sampler():
     b, d = c.complete_batch([msgs, [{"role": "user", "content": "Other."}]], max_tokens=12, temperature=0.0)
     assert a.text == b.text and a.usage.completion_tokens <= 12 and a.usage.prompt_tokens > 5
     assert c.stats.completions == 3 and c.stats.cost_usd == 0.0
+
+
+def test_calm_with_an_http_intervener_pays_once(tmp_path, monkeypatch, capsys):
+    """The intervener behind an OpenAI-protocol server (the programmatic one answers there): a rerun from
+    scratch over the same cache sends nothing; the key is in no file."""
+    from chat_server import ChatServer
+
+    from storm_jax.calm.programmatic import ProgrammaticIntervener
+    from storm_jax.execution.pool import ExecutionPool
+    from storm_jax.jobs import read_problems
+
+    key = "sk-calm-SECRET-777"
+    monkeypatch.setenv("STORM_CALM_KEY", key)
+    probs = read_problems(cli_res() / "arith" / "train.problems.jsonl", 1)
+    with ExecutionPool(num_workers=1) as pool:
+        oracle = ProgrammaticIntervener(probs, pool, timeout_s=20.0)
+        with ChatServer(reply=lambda body: oracle.complete(body["messages"]).text) as srv:
+            argv = ["calm", "--config=calm:tiny", "--config.num_problems=1", "--config.max_interventions=1",
+                    "--config.reasoner.max_response_tokens=32", f"--config.workdir={tmp_path}",
+                    "--config.progress=false", "--config.intervener.kind=openai",
+                    f"--config.intervener.base_url={srv.url}", "--config.intervener.model=expert",
+                    "--config.intervener.api_key_env=STORM_CALM_KEY"]  # fmt: skip
+            assert cli.main(argv) == 0
+            first = srv.requests
+            assert first == 2  # 1 problem x 2 rounds (the random reasoner earns a hint, then stops)
+            results = (tmp_path / "results.jsonl").read_bytes()
+            (tmp_path / "results.jsonl").unlink()
+            (tmp_path / "golden.jsonl").unlink()
+            assert cli.main(argv) == 0
+            assert srv.requests == first  # every verdict came from the cache
+            assert (tmp_path / "results.jsonl").read_bytes() == results
+    usage = json.loads((tmp_path / "last_run.json").read_text())["intervener"]
+    assert usage["cache_hits"] == 2 and usage["requests"] == 0
+    assert json.loads((tmp_path / "config.json").read_text())["intervener"]["api_key_env"] == "STORM_CALM_KEY"
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert key.encode() not in f.read_bytes(), f
+    capsys.readouterr()
+
+
+def cli_res():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "storm_jax" / "resources" / "tiny"
+
+
+@pytest.mark.slow
+def test_calm_sigkill_and_rerun_gives_identical_files(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def start(workdir):
+        cmd = [sys.executable, "-m", "storm_jax.cli", "calm", "--config=calm:tiny", "--config.num_problems=4",
+               "--config.batch_size=1", "--config.max_interventions=1", "--config.reasoner.max_response_tokens=48",
+               f"--config.workdir={workdir}", "--config.progress=false"]  # fmt: skip
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    proc = start(full)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    proc = start(part)
+    results = part / "results.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert 1 <= results.read_text().count("\n") < 4
+    proc = start(part)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    for name in ("golden.jsonl", "results.jsonl", "stats.json"):
+        assert (part / name).read_bytes() == (full / name).read_bytes(), name
+    ids = [json.loads(ln)["id"] for ln in results.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 4

@@ -4,7 +4,8 @@ Output directory:
   golden.jsonl   token-level SFT rows of the golden trajectories (storm_jax.data.sft reads them as is);
   results.jsonl  one record per finished problem (the done-set: a rerun skips these problems);
   stats.json     hint token share, interventions per trajectory, flaw distribution, accuracy per round,
-                 golden yield - recomputed from results.jsonl, so a killed-and-resumed run writes the same.
+                 golden yield - recomputed from results.jsonl, so a killed-and-resumed run writes the same;
+  last_run.json  the intervener client's usage in the last invocation (requests, cache hits, tokens, cost).
 Rows are appended one at a time with fsync (storm_jax.jobs.JsonlLog): a kill loses at most the problem
 being written, and its golden row is never written twice (a row whose result line was lost is kept and
 not re-appended on the rerun).
@@ -93,4 +94,7 @@ def run_calm_job(loop: CalmLoop, problems: Sequence[dict], out_dir: str | Path, 
     records = sorted((r for r in results.rows() if r["id"] in order), key=lambda r: order[r["id"]])
     stats = calm_stats(records, loop.max_interventions)
     write_atomic(out / STATS_FILE, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    usage = getattr(loop.intervener, "stats", None)
+    if usage is not None:  # requests / cache hits / tokens / cost of this invocation (differs on a rerun)
+        write_atomic(out / "last_run.json", json.dumps({"intervener": usage.to_json()}, indent=2) + "\n")
     return stats
