@@ -85,7 +85,7 @@ def _loop(env, intervener=None, **kw):
 
 def test_calm_end_to_end_hints_masked_and_prefix_identical(env, tmp_path):
     tok, params, problems, pool = env
-    loop = _loop(env)
+    loop = _loop(env, judge_workers=2)  # both problems' verdicts asked at once
     results = {r.id: r for r in loop.run([problems[P1], problems[P3]])}
     r1, r3 = results[P1], results[P3]
     assert r1.golden and r3.golden
@@ -139,13 +139,14 @@ def test_calm_job_stats_and_resume_after_a_kill(env, tmp_path):
     hint = sum(k == "hint" for g in golden for k in g["kinds"])
     assert stats["hint_token_share"] == pytest.approx(hint / sum(len(g["response_ids"]) for g in golden))
 
-    # "kill": the intervener dies on its 4th call (P1 finished, P3 mid-way), and a torn line is left behind
+    # "kill": the intervener dies on its 5th call (P1 finished in round 1, P3 in round 2), and a torn line
+    # is left behind
     inner = ProgrammaticIntervener(list(problems.values()), pool, timeout_s=20.0)
     calls = []
 
     def dying(messages, params):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 5:
             raise KeyboardInterrupt
         return inner.complete(messages).text
 
@@ -187,3 +188,13 @@ def test_verdict_schema_and_one_retry():
     j = judge(client, "q", steps)
     assert j.verdict is None and j.attempts == 2 and "step" in j.error
     assert "not a valid verdict" in client.calls[1][0][-1]["content"]
+
+
+def test_no_room_for_the_hint_stops_the_problem(env):
+    tok, params, problems, pool = env
+    loop = _loop(env)
+    loop.rollout_cfg = RolloutConfig(sampling=SamplingParams(temperature=0.0, max_new_tokens=30,
+                                                             eos_ids=tuple(eos_ids(tok))))  # fmt: skip
+    (res,) = loop.run([problems[P1]])
+    assert res.outcome == "out_of_budget" and not res.golden and res.interventions == []
+    assert len(res.history) == 1 and res.history[0].stop_reason == "max_tokens"

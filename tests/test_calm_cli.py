@@ -51,7 +51,9 @@ def test_calm_tiny_recipe_end_to_end(tmp_path, capsys):
     assert [r["id"] for r in records] == ["synth-s0-000000-arith", "synth-s0-000001-arith"]
     # every rollout was judged: one more rollout than hints, and the last one ended the problem
     assert all(len(r["correct_by_round"]) == len(r["interventions"]) + 1 for r in records)
-    assert all(r["outcome"] in ("max_interventions", "flawless_wrong", "golden") for r in records)
+    assert all(
+        r["outcome"] in ("max_interventions", "flawless_wrong", "golden", "out_of_budget") for r in records
+    )
     assert sum(stats["flaw_distribution"].values()) == sum(len(r["interventions"]) for r in records) >= 2
     assert (tmp_path / "golden.jsonl").exists()
     saved = json.loads((tmp_path / "config.json").read_text())

@@ -63,7 +63,8 @@ def build(cfg):
     loop = CalmLoop(params, mcfg, tok, Sampler(params, mcfg, engine), pool, rc, intervener,
                     max_interventions=cfg.max_interventions, seed=cfg.seed, system_prompt=cfg.system_prompt,
                     enable_thinking=cfg.enable_thinking, hint_template=cfg.hint_template, protocol=cfg.protocol,
-                    intervener_params={"temperature": iv.temperature, "max_tokens": iv.max_tokens})  # fmt: skip
+                    intervener_params={"temperature": iv.temperature, "max_tokens": iv.max_tokens},
+                    judge_workers=int(iv.max_concurrency))  # fmt: skip
     return loop, problems, pool
 
 

@@ -17,6 +17,7 @@ context with loss mask 0 (RolloutConfig.loss_kinds = ("model",)).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -74,7 +75,7 @@ class ProblemResult:
 
     id: str
     golden: bool
-    outcome: str  # golden | flawless_wrong | max_interventions | intervener_failure
+    outcome: str  # golden | flawless_wrong | max_interventions | intervener_failure | out_of_budget
     correct_by_round: list[bool]
     interventions: list[dict]
     row: dict | None
@@ -113,7 +114,8 @@ class CalmLoop:
                  intervener: ChatClient, *, max_interventions: int = 5, seed: int = 0,
                  system_prompt: str = "", enable_thinking: bool = False,
                  hint_template: str = DEFAULT_HINT_TEMPLATE, protocol: str = "storm",
-                 intervener_params: dict | None = None, forced: ForcedFn | None = None):  # fmt: skip
+                 intervener_params: dict | None = None, forced: ForcedFn | None = None,
+                 judge_workers: int = 1):  # fmt: skip
         self.params, self.cfg, self.tok, self.sampler, self.executor = (
             params,
             cfg,
@@ -125,6 +127,7 @@ class CalmLoop:
         self.max_interventions, self.seed, self.system_prompt = max_interventions, seed, system_prompt
         self.enable_thinking, self.hint_template, self.protocol = enable_thinking, hint_template, protocol
         self.intervener_params, self.forced = intervener_params or {}, forced
+        self.judge_workers = judge_workers  # verdicts asked at once (the HTTP client caps what is in flight)
         self.decode = make_decode(tokenizer)
 
     def messages(self, problem: dict) -> list[dict]:
@@ -169,24 +172,36 @@ class CalmLoop:
             trajs = rollout(
                 self.params, self.cfg, self.tok, reqs, self.rollout_cfg, self.executor, sampler=self.sampler
             )
-            still = []
             for s, traj in zip(active, trajs):
                 traj.executions = s.kept_executions + traj.executions  # prefix-era runs are part of it
-                if self._step(s, traj, rnd):
+            # Verdicts of a round are asked concurrently (a remote intervener is slow per request) and applied
+            # in problem order, so what is written does not depend on which answer came back first.
+            steps = [trajectory_steps(t.segments, t.response_ids, self.decode) for t in trajs]
+            questions = [st.problem["question"] for st in active]
+
+            def ask(k: int, questions=questions, steps=steps) -> Judgement:
+                return judge(self.intervener, questions[k], steps[k], self.intervener_params)
+
+            if self.judge_workers > 1 and len(active) > 1:
+                with cf.ThreadPoolExecutor(min(self.judge_workers, len(active))) as ex:
+                    judgements = list(ex.map(ask, range(len(active))))
+            else:
+                judgements = [ask(k) for k in range(len(active))]
+            still = []
+            for s, traj, st, j in zip(active, trajs, steps, judgements):
+                if self._step(s, traj, rnd, st, j):
                     still.append(s)
                 elif on_done is not None:
                     on_done(s.result)
             active = still
         return [s.result for s in states]
 
-    def _step(self, s: _State, traj: Trajectory, rnd: int) -> bool:
-        """Judge one trajectory; True when the problem continues with a hint."""
+    def _step(self, s: _State, traj: Trajectory, rnd: int, steps: list[Step], j: Judgement) -> bool:
+        """Apply the judgement of one trajectory; True when the problem continues with a hint."""
         res = s.result
         res.history.append(traj)
         ok = self.correct(s.problem, traj)
         res.correct_by_round.append(ok)
-        steps = trajectory_steps(traj.segments, traj.response_ids, self.decode)
-        j = judge(self.intervener, s.problem["question"], steps, self.intervener_params)
         res.intervener_retries += j.attempts - 1
         if j.verdict is None:
             res.outcome = "intervener_failure"
@@ -206,6 +221,12 @@ class CalmLoop:
             return False
         cut = steps[v.step - 1].start
         hint = self.hint_ids(v.hint)
+        room = min(
+            self.rollout_cfg.sampling.max_new_tokens, self.sampler.engine.max_len - len(s.prompt_ids) - 1
+        )
+        if cut + len(hint) >= room:  # the kept steps + hint leave no token to continue with
+            res.outcome = "out_of_budget"
+            return False
         s.prefix_ids = list(traj.response_ids[:cut]) + hint
         s.prefix_kinds = list(traj.kinds[:cut]) + [KIND_HINT] * len(hint)
         s.kept_executions = [e for e in traj.executions if e.end <= cut]
