@@ -78,6 +78,7 @@ def test_local_client_samples_through_the_shared_sampler():
     assert c.stats.completions == 3 and c.stats.cost_usd == 0.0
 
 
+@pytest.mark.slow  # two full CLI runs (~50-70 s on a shared 2-core machine)
 def test_calm_with_an_http_intervener_pays_once(tmp_path, monkeypatch, capsys):
     """The intervener behind an OpenAI-protocol server (the programmatic one answers there): a rerun from
     scratch over the same cache sends nothing; the key is in no file."""
@@ -94,7 +95,7 @@ def test_calm_with_an_http_intervener_pays_once(tmp_path, monkeypatch, capsys):
         oracle = ProgrammaticIntervener(probs, pool, timeout_s=20.0)
         with ChatServer(reply=lambda body: oracle.complete(body["messages"]).text) as srv:
             argv = ["calm", "--config=calm:tiny", "--config.num_problems=1", "--config.max_interventions=1",
-                    "--config.reasoner.max_response_tokens=32", f"--config.workdir={tmp_path}",
+                    "--config.reasoner.max_response_tokens=56", f"--config.workdir={tmp_path}",
                     "--config.progress=false", "--config.intervener.kind=openai",
                     f"--config.intervener.base_url={srv.url}", "--config.intervener.model=expert",
                     "--config.intervener.api_key_env=STORM_CALM_KEY"]  # fmt: skip
