@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("storm_jax.train.cli", "train: `train sft|grpo --config=storm_sft` (recipes by name or path)"),
     "export": ("storm_jax.train.export_cli", "export a training checkpoint as an HF checkpoint directory"),
     "pipeline": ("storm_jax.pipeline", "run the STORM recipe end to end: SFT -> score -> GRPO -> score"),
+    "calm": ("storm_jax.calm.cli", "CALM data curation: reasoner + intervener hints -> golden SFT rows"),
+    "warmup-data": ("storm_jax.steporlm.warmup_cli", "StepORLM warm-up: teacher solutions, solver-verified"),
 }
 
 
