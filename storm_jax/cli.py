@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("storm_jax.train.cli", "train: `train sft|grpo --config=storm_sft` (recipes by name or path)"),
     "export": ("storm_jax.train.export_cli", "export a training checkpoint as an HF checkpoint directory"),
     "pipeline": ("storm_jax.pipeline", "run the STORM recipe end to end: SFT -> score -> GRPO -> score"),
+    "serve": ("storm_jax.serve.cli", "OpenAI-compatible server (chat/completions, streaming, optional tools)"),
+    "eval": ("storm_jax.eval.eval_cli", "evaluate: rollouts with tools + scoring per benchmark; merge, compare"),
 }
 
 
