@@ -145,6 +145,10 @@ def test_completions_endpoint(setup):
     ids = tok.encode("x = ", add_special_tokens=False)
     r2 = client.completions.create(model=NAME, prompt=ids, temperature=0, max_tokens=12)
     assert r2.choices[0].text == by_index[0].text  # a token-id prompt is the same prompt
+    chunks = list(client.completions.create(model=NAME, prompt="x = ", temperature=0, max_tokens=12, stream=True,
+                                            stream_options={"include_usage": True}))  # fmt: skip
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == by_index[0].text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
 
 
 @pytest.mark.parametrize(
