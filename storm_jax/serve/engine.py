@@ -50,8 +50,8 @@ class EngineOptions:
     max_len: int = 4096  # cache positions per slot: prompt + response
     chunk_size: int = 32  # decode steps between two scheduling rounds
     max_queue: int | None = 64  # requests waiting for a slot; None: unbounded (the eval harness)
-    # When an idle engine gets a request it waits this long for more before the first prefill, so clients
-    # that arrive together start in one batch instead of one chunk apart.
+    # When an idle engine gets a request it waits until no other one arrived for this long before the first
+    # prefill, so clients that arrive together start in one batch instead of one chunk apart.
     gather_s: float = 0.01
     tools: bool = False  # run the code interpreter on ```python blocks
     max_tool_calls: int = 15  # per sample (docs/design.md: 15 in evaluation)
@@ -257,8 +257,17 @@ class Engine:
         with self._cond:
             if idle and not self._pending and not self._stop:
                 self._cond.wait(0.1)  # nothing to do: sleep until a request arrives (or re-poll)
-                if self._pending and self.options.gather_s > 0:
-                    self._cond.wait_for(lambda: self._stop, self.options.gather_s)
+                # Requests that arrive together start together: keep gathering while they keep coming (until
+                # gather_s passes without an arrival, 5 x gather_s at most).
+                end = time.monotonic() + 5 * self.options.gather_s
+                while self._pending and not self._stop and (left := end - time.monotonic()) > 0:
+                    seen = len(self._pending)
+                    more = self._cond.wait_for(
+                        lambda seen=seen: self._stop or len(self._pending) > seen,
+                        min(self.options.gather_s, left),
+                    )
+                    if not more:
+                        break
             if self._stop:
                 return None
             for job in [j for j in self._pending if j._cancel]:
