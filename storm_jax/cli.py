@@ -29,13 +29,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("storm_jax.pipeline", "run the STORM recipe end to end: SFT -> score -> GRPO -> score"),
     "calm": ("storm_jax.calm.cli", "CALM data curation: reasoner + intervener hints -> golden SFT rows"),
     "warmup-data": ("storm_jax.steporlm.warmup_cli", "StepORLM warm-up: teacher solutions, solver-verified"),
+    "serve": ("storm_jax.serve.cli", "OpenAI-compatible server (chat/completions, streaming, optional tools)"),
+    "eval": ("storm_jax.eval.eval_cli", "evaluate: rollouts with tools + scoring per benchmark; merge, compare"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: storm-jax <command> [args...]", "", "commands:"]
     for name, (_, text) in SUBCOMMANDS.items():
-        lines.append(f"  {name:<10} {text}")
+        lines.append(f"  {name:<12} {text}")
     lines.append("")
     lines.append("Run `storm-jax <command> --help` for the command's options.")
     return "\n".join(lines)

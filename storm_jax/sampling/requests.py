@@ -146,6 +146,7 @@ class Sequence_:
     stop_reason: str | None = None
     future: Any = None  # pending tool call
     info: dict = dataclasses.field(default_factory=dict)  # free for hooks (rollout bookkeeping)
+    cancelled: bool = False  # set by a sampler.Feed: ends the sample ("cancelled") before the next chunk
 
     @property
     def full(self) -> list[int]:

@@ -48,7 +48,7 @@ import concurrent.futures as cf
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -102,6 +102,23 @@ class ToolHooks:
 
     def __post_init__(self):
         HostTokens((), self.kind)  # validates the kind
+
+
+class Feed(Protocol):
+    """A source of requests for a long-lived `Sampler.run` (a server's engine loop, storm_jax.serve.engine).
+
+    run(feed=...) polls it at the top of every scheduling round, i.e. between decode chunks, on the thread
+    running run(). poll(idle) returns the requests to add now ([] for none) or None to end run() at once
+    (unfinished sequences are left as they are); `idle` is true when no sequence is queued, running or paused,
+    so poll may block until work arrives. started(requests, groups) hands over the Sequence_ objects created
+    for the requests just added (groups[i]: the n samples of requests[i]); their tokens grow in place, so the
+    feed sees new tokens and finished sequences at its next poll. Setting `seq.cancelled` (from the feed,
+    during poll) finishes that sample with stop reason "cancelled" before the next chunk and frees its slot.
+    """
+
+    def poll(self, idle: bool) -> Sequence[Request] | None: ...
+
+    def started(self, requests: Sequence[Request], groups: list[list[Sequence_]]) -> None: ...
 
 
 def _append_host(seq: Sequence_, res: Any, kind: str) -> None:
@@ -227,50 +244,64 @@ class Sampler:
         decode: Callable[[list[int]], str] | None = None,
         hooks: ToolHooks | Sequence[ToolHooks] | None = None,
         progress: Callable[[int], None] | None = None,
+        feed: Feed | None = None,
     ) -> list[list[Sequence_]]:
         """Sample every request `n` times; returns, per request, its n finished sequences.
 
         `decode` (token ids -> text) is needed for stop strings and tool hooks. `progress(k)` is called when k
-        more sequences finished.
+        more sequences finished. With a `feed` (see `Feed`), run() also takes requests from it between chunks
+        and returns only when the feed's poll returns None; the return value covers `requests` only.
         """
         eng = self.engine
         S, C = eng.num_slots, eng.chunk_size
         hooks = [] if hooks is None else [hooks] if isinstance(hooks, ToolHooks) else list(hooks)
-        seqs: list[Sequence_] = []
-        for gi, r in enumerate(requests):
-            prefix = [int(t) for t in (r.prefix or ())]
-            kinds = list(r.prefix_kinds) if r.prefix_kinds is not None else [KIND_MODEL] * len(prefix)
-            if len(r.prompt) == 0:
-                raise ValueError(f"request {gi}: empty prompt")
-            if len(r.prompt) + len(prefix) + 1 > eng.max_len:
-                raise ValueError(
-                    f"request {gi}: prompt of {len(r.prompt)} tokens (+ prefix {len(prefix)}) does not fit "
-                    f"max_len={eng.max_len}"
-                )
-            if len(kinds) != len(prefix) or any(k not in SPAN_KINDS for k in kinds):
-                raise ValueError(
-                    f"request {gi}: prefix_kinds must give one of {SPAN_KINDS} for each of the {len(prefix)} "
-                    "prefix ids"
-                )
-            if (r.params.stop_strings or hooks) and decode is None:
-                raise ValueError("stop strings and tool hooks need `decode`")
-            for si in range(r.n):
-                seq = Sequence_(
-                    uid=len(seqs),
-                    group=gi,
-                    sample_index=si,
-                    prompt=[int(t) for t in r.prompt],
-                    params=r.params,
-                    key=sequence_key(r.seed, si),
-                    forced=None if r.forced is None else [int(t) for t in r.forced],
-                )
-                seq.tokens, seq.kinds = list(prefix), list(kinds)
-                seq.loss_mask = [int(k == KIND_MODEL) for k in kinds]
-                seq.logprobs_raw = [0.0] * len(prefix)
-                seq.logprobs_sampling = [0.0] * len(prefix)
-                seq.turn_start = len(prefix)
-                seqs.append(seq)
+        counter = {"uid": 0, "group": 0}  # uids and groups stay unique over everything a feed adds
+
+        def add(new_requests: Sequence[Request]) -> list[list[Sequence_]]:
+            out: list[list[Sequence_]] = []
+            for r in new_requests:
+                gi = counter["group"]
+                prefix = [int(t) for t in (r.prefix or ())]
+                kinds = list(r.prefix_kinds) if r.prefix_kinds is not None else [KIND_MODEL] * len(prefix)
+                if len(r.prompt) == 0:
+                    raise ValueError(f"request {gi}: empty prompt")
+                if len(r.prompt) + len(prefix) + 1 > eng.max_len:
+                    raise ValueError(
+                        f"request {gi}: prompt of {len(r.prompt)} tokens (+ prefix {len(prefix)}) does not fit "
+                        f"max_len={eng.max_len}"
+                    )
+                if len(kinds) != len(prefix) or any(k not in SPAN_KINDS for k in kinds):
+                    raise ValueError(
+                        f"request {gi}: prefix_kinds must give one of {SPAN_KINDS} for each of the "
+                        f"{len(prefix)} prefix ids"
+                    )
+                if (r.params.stop_strings or hooks) and decode is None:
+                    raise ValueError("stop strings and tool hooks need `decode`")
+                counter["group"] += 1
+                group = []
+                for si in range(r.n):
+                    seq = Sequence_(
+                        uid=counter["uid"],
+                        group=gi,
+                        sample_index=si,
+                        prompt=[int(t) for t in r.prompt],
+                        params=r.params,
+                        key=sequence_key(r.seed, si),
+                        forced=None if r.forced is None else [int(t) for t in r.forced],
+                    )
+                    counter["uid"] += 1
+                    seq.tokens, seq.kinds = list(prefix), list(kinds)
+                    seq.loss_mask = [int(k == KIND_MODEL) for k in kinds]
+                    seq.logprobs_raw = [0.0] * len(prefix)
+                    seq.logprobs_sampling = [0.0] * len(prefix)
+                    seq.turn_start = len(prefix)
+                    group.append(seq)
+                out.append(group)
+            return out
+
+        seqs: list[Sequence_] = [s for g in add(requests) for s in g]
         queue = list(seqs)
+        live = list(seqs)  # unfinished sequences (a feed's are never kept in `seqs`)
         slot_of: list[Sequence_ | None] = [None] * S
         paused: list[Sequence_] = []
         self.lengths[:] = 0
@@ -286,7 +317,28 @@ class Sampler:
         def budget(seq: Sequence_) -> int:
             return min(seq.params.max_new_tokens - len(seq.tokens), eng.max_len - len(seq.full))
 
-        while any(s.status != "done" for s in seqs):
+        while feed is not None or any(s.status != "done" for s in seqs):
+            # 0. a feed sees the last chunk's tokens, adds requests and cancels samples
+            if feed is not None:
+                live = [s for s in live if s.status != "done"]
+                new = feed.poll(not live)
+                if new is None:
+                    break
+                if new:
+                    groups = add(new)
+                    feed.started(new, groups)
+                    for g in groups:
+                        live += g
+                        queue += g
+                for seq in live:
+                    if seq.cancelled and seq.status != "done":
+                        if seq in queue:
+                            queue.remove(seq)
+                        if seq in paused:  # its tool call's result will be dropped
+                            paused.remove(seq)
+                            seq.info.pop("_hook", None)
+                            seq.future = None
+                        finish(seq, "cancelled")
             # 1. tool results that came back: append host ids, resume (in place, or back to the queue if evicted)
             for seq in list(paused):
                 if not seq.future.done():
@@ -366,9 +418,11 @@ class Sampler:
             running = [s for s in slot_of if s is not None and s.status == "running"]
             if not running:
                 if paused:
-                    cf.wait([s.future for s in paused], return_when=cf.FIRST_COMPLETED, timeout=1.0)
+                    # with a feed, wake up often: new requests must not wait for a tool call
+                    wait_s = 1.0 if feed is None else 0.02
+                    cf.wait([s.future for s in paused], return_when=cf.FIRST_COMPLETED, timeout=wait_s)
                     continue
-                if queue:
+                if queue or feed is not None:
                     continue
                 break
             slots, forced, n_forced = self._slot_arrays(slot_of, budget)
@@ -553,6 +607,7 @@ def generate(
 __all__ = [
     "MAX_EOS",
     "EngineConfig",
+    "Feed",
     "HostTokens",
     "KIND_HINT",
     "KIND_MODEL",
