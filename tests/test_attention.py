@@ -321,3 +321,59 @@ def test_no_txt_buffer_at_4096_model_prefill():
     c = prefill.lower(params, tokens, cache).compile()
     assert not _has_square(c.as_text(), _T_LONG)
     assert c.memory_analysis().temp_size_in_bytes < _T_LONG * _T_LONG * 4
+
+
+# ------------------------------------------------------------------------------------------------ sharded
+
+_SHARDED_SCRIPT = r"""
+import json, numpy as np, jax, jax.numpy as jnp
+from storm_jax.models.attention import AttentionMask, dense_attention, splash_attention
+from storm_jax.models.qwen import ModelConfig, forward, init_params
+from storm_jax.parallel import MeshRules, make_mesh
+mr = MeshRules(make_mesh(2, 2, 2))
+r = np.random.RandomState(0)
+B, T, H, hd = 4, 130, 4, 16
+seg = jnp.asarray(np.repeat([[1] * 70 + [2] * 60], B, 0), jnp.int32)
+m = AttentionMask(jnp.broadcast_to(jnp.arange(T), (B, T)), seg, T)
+out = {}
+for K in (2, 1):  # KV heads split like the query heads (2 over tensor=2), and not splittable (1)
+    q = jnp.asarray(r.randn(B, T, H, hd), jnp.float32)
+    k, v = (jnp.asarray(r.randn(B, T, K, hd), jnp.float32) for _ in range(2))
+    ref = dense_attention(q, k, v, m.to_dense())
+    got = jax.jit(lambda q, k, v: splash_attention(q, k, v, seg, block_q=128, block_kv=128, mesh_rules=mr))(q, k, v)
+    out[f"splash_K{K}"] = [float(np.abs(np.asarray(got) - np.asarray(ref)).max()), float(np.abs(np.asarray(v)).max())]
+cfg = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=8, attention_impl="blockwise", attention_block_q=8, attention_block_kv=8)
+p = init_params(cfg, jax.random.PRNGKey(0))
+tok = jnp.asarray(r.randint(0, 97, (4, 21)))
+ref = forward(p, tok, cfg)[0]
+got = jax.jit(lambda p, t: forward(p, t, cfg, mesh_rules=mr)[0])(p, tok)
+out["blockwise_model"] = [float(np.abs(np.asarray(got) - np.asarray(ref)).max()), float(np.abs(np.asarray(ref)).max())]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_sharded_splash_and_blockwise_on_8_fake_devices(tmp_path):
+    """On a 2x2x2 mesh of fake CPU devices: splash under shard_map (batch over data/fsdp, heads over tensor,
+    including the KV-head repeat when KV heads do not split) equals dense, and the blockwise model forward
+    under the mesh equals one device (a subprocess: the device count is fixed at JAX start-up)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    p = subprocess.run(
+        [sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    res = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert res, p.stderr[-2000:]
+    out = json.loads(res[-1][7:])
+    Tp = 256  # 130 padded to the 128 tile
+    for K in (2, 1):
+        err, vmax = out[f"splash_K{K}"]
+        # same bound as test_splash_interpret_equals_dense with A <= 4·sqrt(hd) (|q|,|k| < ~4.5 at this size)
+        assert err <= 2 * _depth(17, Tp, Tp // 128, 4.5 * 4.5 * 16 / 4) * U32 * vmax, (K, err)
+    err, lmax = out["blockwise_model"]
+    cfg = _TINY.replace(attention_impl="blockwise", attention_block_kv=8)
+    assert err <= reorder_atol(np.array([lmax]), _model_depth(cfg, 21)), err
