@@ -9,6 +9,10 @@ The parameter layout (shapes, dtypes, logical axes, initializers) is one table, 
 here. Activations are constrained with logical names through `storm_jax.parallel.constrain`, so the same code
 shards over any mesh under any rules preset.
 
+Attention is `storm_jax.models.attention` (re-exported here): dense, blockwise (online softmax, no [T, T]
+array) or the Pallas TPU splash kernel, chosen by `ModelConfig.attention_impl`; masks travel as an
+`AttentionMask` (causal index + segment ids), built into a [B, T, S] array only for the dense path.
+
 Conventions matching transformers' `Qwen2ForCausalLM` / `Qwen3ForCausalLM`:
 - RoPE is the non-interleaved "rotate half" form; YaRN / linear scaling as in `modeling_rope_utils`.
 - RMSNorm normalizes in fp32, casts back to the activation dtype, then multiplies by the weight.
