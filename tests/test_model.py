@@ -88,17 +88,28 @@ def _make_hf(model_type, vocab, hidden, heads, kv, head_dim, tied, extra, seed=0
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=CONFIGS, ids=[c[0] for c in CONFIGS])
+# Every parity test runs with dense attention and with blockwise attention (models/attention.py). The blocks are
+# small so the test lengths (9-18 tokens) span several query and key blocks and are not multiples of them.
+ATTENTION = {"dense": {"attention_impl": "dense"},
+             "blockwise": {"attention_impl": "blockwise", "attention_block_q": 4, "attention_block_kv": 8}}  # fmt: skip
+PAIRS = [(c, impl) for c in CONFIGS for impl in ATTENTION]
+
+
+def _with_attention(cfg, impl: str):
+    return cfg.replace(**ATTENTION[impl])
+
+
+@pytest.fixture(scope="module", params=PAIRS, ids=[f"{c[0]}-{impl}" for c, impl in PAIRS])
 def hf_pair(request, tmp_path_factory):
-    _, *spec = request.param
+    (name, *spec), impl = request.param
     model = _make_hf(*spec)
-    d = tmp_path_factory.mktemp(request.param[0])
+    d = tmp_path_factory.mktemp(name)
     model.save_pretrained(d)
     cfg, params = load_hf_checkpoint(str(d))
-    want = {"rope_theta": 10000.0, **request.param[-1]}
+    want = {"rope_theta": 10000.0, **spec[-1]}
     assert cfg.rope_theta == want["rope_theta"]
     assert cfg.rms_norm_eps == want.get("rms_norm_eps", model.config.rms_norm_eps)
-    return model, cfg, params, str(d)
+    return model, _with_attention(cfg, impl), params, str(d)
 
 
 def _hf_logits(model, tokens, attention_mask=None):
@@ -266,6 +277,8 @@ def test_bf16_compute_close_to_hf_fp32(hf_pair):
     model, cfg, params, d = hf_pair
     cfg16, params16 = load_hf_checkpoint(d, dtype="bfloat16")
     assert cfg16.dtype == "bfloat16"
+    cfg16 = cfg16.replace(attention_impl=cfg.attention_impl, attention_block_q=cfg.attention_block_q,
+                          attention_block_kv=cfg.attention_block_kv)  # fmt: skip
     tokens = np.random.RandomState(6).randint(0, cfg.vocab_size, (2, 9))
     ours, _ = _fwd(params16, jnp.asarray(tokens), cfg=cfg16)
     ref = _hf_logits(model, tokens)

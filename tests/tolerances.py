@@ -33,7 +33,20 @@ def layer_depth(cfg, seq_len: int) -> int:
     d, hd = cfg.hidden_size, cfg.head_dim
     qk_norm = 2 * hd if cfg.model_type == "qwen3" else 0  # q/k RMSNorm over head_dim
     attention = hd + 2 * seq_len  # scores over head_dim, softmax denominator and probs x values over keys
+    attention += rescale_depth(cfg, seq_len)
     return (d + d) + qk_norm + attention + cfg.num_heads * hd + (d + d + cfg.intermediate_size)
+
+
+def rescale_depth(cfg, seq_len: int) -> int:
+    """Extra roundings of an online softmax (blockwise / splash attention) over `seq_len` keys; 0 for dense.
+
+    Per key block the running numerator and denominator are each multiplied by exp(m_old - m_new): at most
+    three roundings (the exp and two products; the same rounded factor scales both, so its own error largely
+    cancels in their ratio, which the bound does not rely on), plus one final division."""
+    impl = getattr(cfg, "attention_impl", "dense")
+    if impl in ("dense", "auto"):  # auto is dense off TPU, where these tests run
+        return 0
+    return 3 * -(-seq_len // max(1, getattr(cfg, "attention_block_kv", seq_len))) + 1
 
 
 def logits_depth(cfg, seq_len: int) -> int:

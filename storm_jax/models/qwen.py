@@ -9,6 +9,10 @@ The parameter layout (shapes, dtypes, logical axes, initializers) is one table, 
 here. Activations are constrained with logical names through `storm_jax.parallel.constrain`, so the same code
 shards over any mesh under any rules preset.
 
+Attention is `storm_jax.models.attention` (re-exported here): dense, blockwise (online softmax, no [T, T]
+array) or the Pallas TPU splash kernel, chosen by `ModelConfig.attention_impl`; masks travel as an
+`AttentionMask` (causal index + segment ids), built into a [B, T, S] array only for the dense path.
+
 Conventions matching transformers' `Qwen2ForCausalLM` / `Qwen3ForCausalLM`:
 - RoPE is the non-interleaved "rotate half" form; YaRN / linear scaling as in `modeling_rope_utils`.
 - RMSNorm normalizes in fp32, casts back to the activation dtype, then multiplies by the weight.
@@ -24,6 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from storm_jax.models.attention import (  # noqa: F401 - re-exported: callers import attention from here
+    ATTENTION_IMPLS,
+    AttentionMask,
+    attention,
+    blockwise_attention,
+    dense_attention,
+    resolve_impl,
+    splash_attention,
+)
+from storm_jax.models.attention import MASK_VALUE as _MASK_VALUE  # noqa: F401 - the old private name
 from storm_jax.models.cache import (  # noqa: F401 - re-exported: callers import the cache API from here
     CACHE_LENGTHS_LOGICAL_AXES,
     CACHE_LOGICAL_AXES,
@@ -48,8 +62,6 @@ from storm_jax.models.spec import (  # noqa: F401 - re-exported: callers import 
 )
 from storm_jax.models.spec import num_params as _num_params
 from storm_jax.parallel.mesh import MeshRules, constrain
-
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give no NaN
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -81,6 +93,12 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of matmuls; norms, softmax and logits stay fp32
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots | dots_no_batch
+    # Attention implementation (storm_jax/models/attention.py): "auto" (splash on TPU, dense elsewhere),
+    # "dense" ([T, S] scores; the reference), "blockwise" (online softmax over key blocks, portable JAX) or
+    # "splash" (Pallas TPU kernel). Block sizes are the query / key tiles of blockwise and splash.
+    attention_impl: str = "auto"
+    attention_block_q: int = 512
+    attention_block_kv: int = 512
 
     def __post_init__(self):
         if self.model_type not in ("qwen2", "qwen3"):
@@ -95,6 +113,10 @@ class ModelConfig:
             raise ValueError(f"dtype/param_dtype must be one of {sorted(_DTYPES)}")
         if self.remat not in _REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} is not one of {sorted(_REMAT_POLICIES)}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+        if self.attention_block_q < 1 or self.attention_block_kv < 1:
+            raise ValueError("attention_block_q and attention_block_kv must be positive")
 
     @property
     def qkv_bias(self) -> bool:
@@ -221,34 +243,9 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def _attention(q, k, v, mask, cfg: ModelConfig, cache_layout: bool = False, keys_transposed: bool = False):
-    """q [B,T,H,hd], k/v [B,S,K,hd] (or [B,K,S,hd] with cache_layout), mask [B,T,S] bool -> [B,T,H,hd].
-
-    With keys_transposed (cache layout only) k is [B,K,hd,S]. Softmax in fp32."""
-    B, T, H, hd = q.shape
-    K = k.shape[1] if cache_layout else k.shape[2]
-    kv = "bksd" if cache_layout else "bskd"
-    qg = q.reshape(B, T, K, H // K, hd)
-    if cache_layout and T == 1:
-        # One query per row (decode): the scores as a broadcast-multiply-reduce, which XLA's CPU backend fuses
-        # with the read of the cache window; as [G, hd] x [hd, S] dots per (row, head) it would first copy the
-        # window out of the cache.
-        q1 = qg[:, 0].astype(jnp.float32)  # [B, K, G, hd]
-        k32 = k[:, :, None].astype(jnp.float32)
-        if keys_transposed:
-            scores = jnp.sum(q1[:, :, :, :, None] * k32, axis=3)
-        else:
-            scores = jnp.sum(q1[:, :, :, None, :] * k32, axis=-1)
-        scores = scores[:, :, :, None, :]  # [B, K, G, 1, S]
-    else:
-        spec = "bkds" if keys_transposed else kv
-        scores = jnp.einsum(f"btkgd,{spec}->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(hd))
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    # Output as [b, k, g, t, d] then transposed: XLA's CPU dot has no bf16 x bf16 -> f32 kernel for the
-    # directly transposed output order with the cache layout.
-    out = jnp.einsum(f"bkgts,{kv}->bkgtd", probs, v, preferred_element_type=jnp.float32)
-    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd).astype(q.dtype)
+    """Dense attention with a [B, T, S] bool mask (kept for callers of the old name; see models.attention)."""
+    layout = ("bkds" if keys_transposed else "bksd") if cache_layout else "bskd"
+    return dense_attention(q, k, v, mask, kv_layout=layout)
 
 
 def _layer(x, lp, cos, sin, mask, cache_kv, write_pos, cfg: ModelConfig, mesh_rules):
@@ -289,13 +286,14 @@ def _layer(x, lp, cos, sin, mask, cache_kv, write_pos, cfg: ModelConfig, mesh_ru
         if layer is not None:
             keys = jax.lax.dynamic_index_in_dim(kc, layer, 0, keepdims=False)
             values = jax.lax.dynamic_index_in_dim(vc, layer, 0, keepdims=False)
-        W = mask.shape[-1]  # attend to the first W positions only (the caller's static bound, <= max_len)
+        W = mask.kv_len  # attend to the first W positions only (the caller's static bound, <= max_len)
         if W < values.shape[2]:
             keys = keys[..., :W] if keys_t else keys[:, :, :W]
             values = values[:, :, :W]
         keys, values, new_cache = keys.astype(dt), values.astype(dt), (kc, vc)
 
-    attn = _attention(q, keys, values, mask, cfg, cache_layout=cache_kv is not None, keys_transposed=keys_t)
+    layout = "bskd" if cache_kv is None else ("bkds" if keys_t else "bksd")
+    attn = attention(q, keys, values, mask, cfg, kv_layout=layout, mesh_rules=mesh_rules)
     x = x + jnp.einsum("bthk,hkd->btd", attn, lp["o"].astype(dt))
     x = constrain(x, ("batch", "length", "act_embed"), mesh_rules)
 
@@ -357,12 +355,9 @@ def forward(
                 positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
             else:
                 positions = jnp.maximum(jnp.cumsum(segment_ids != 0, axis=1) - 1, 0).astype(jnp.int32)
-        idx = jnp.arange(T)
-        mask = idx[None, :, None] >= idx[None, None, :]  # [1, T, T] causal
-        if segment_ids is not None:
-            same = segment_ids[:, :, None] == segment_ids[:, None, :]
-            mask = mask & same & (segment_ids[:, None, :] != 0)
-        mask = jnp.broadcast_to(mask, (B, T, T))
+        # Causal over the row's own tokens, within a segment, never a padding key (see AttentionMask).
+        q_index = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        mask = AttentionMask(q_index, segment_ids, T)
         write_pos = None
     else:
         start = kv_cache.lengths.astype(jnp.int32)
@@ -370,7 +365,9 @@ def forward(
         if positions is None:
             positions = write_pos
         S = kv_cache.max_len if attend_len is None else min(attend_len, kv_cache.max_len)
-        mask = jnp.arange(S, dtype=jnp.int32)[None, None, :] <= write_pos[:, :, None]  # [B, T, S]
+        mask = AttentionMask(write_pos, None, S)  # key s visible iff s <= the query's write position
+    if resolve_impl(cfg, T, cached=kv_cache is not None) == "dense":
+        mask = mask.with_dense()  # [B, T, S] once per forward, not once per layer
 
     cos, sin = rope_cos_sin(positions, cfg)
     x = params["embed"][tokens].astype(cfg.compute_dtype)
