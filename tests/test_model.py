@@ -99,8 +99,7 @@ def _with_attention(cfg, impl: str):
     return cfg.replace(**ATTENTION[impl])
 
 
-@pytest.fixture(scope="module", params=PAIRS, ids=[f"{c[0]}-{impl}" for c, impl in PAIRS])
-def hf_pair(request, tmp_path_factory):
+def _load_pair(request, tmp_path_factory):
     (name, *spec), impl = request.param
     model = _make_hf(*spec)
     d = tmp_path_factory.mktemp(name)
@@ -112,21 +111,36 @@ def hf_pair(request, tmp_path_factory):
     return model, _with_attention(cfg, impl), params, str(d)
 
 
+@pytest.fixture(scope="module", params=PAIRS, ids=[f"{c[0]}-{impl}" for c, impl in PAIRS])
+def hf_pair_attn(request, tmp_path_factory):
+    """Both attention implementations: for the tests whose attention spans several positions at once."""
+    return _load_pair(request, tmp_path_factory)
+
+
+DENSE = [(c, "dense") for c in CONFIGS]
+
+
+@pytest.fixture(scope="module", params=DENSE, ids=[c[0] for c, _ in DENSE])
+def hf_pair(request, tmp_path_factory):
+    """Dense attention only: layouts, caches, dtypes and checkpoints do not depend on the attention kernel."""
+    return _load_pair(request, tmp_path_factory)
+
+
 def _hf_logits(model, tokens, attention_mask=None):
     with torch.no_grad():
         kw = {} if attention_mask is None else {"attention_mask": torch.tensor(attention_mask)}
         return model(torch.tensor(tokens), **kw).logits.float().numpy()
 
 
-def test_logits_match_hf_fp32(hf_pair):
-    model, cfg, params, _ = hf_pair
+def test_logits_match_hf_fp32(hf_pair_attn):
+    model, cfg, params, _ = hf_pair_attn
     tokens = np.random.RandomState(1).randint(0, cfg.vocab_size, (3, 13))
     ours, _ = _fwd(params, jnp.asarray(tokens), cfg=cfg)
     np.testing.assert_allclose(np.asarray(ours), _hf_logits(model, tokens), atol=1e-4, rtol=0)
 
 
-def test_left_and_right_padding_match_hf(hf_pair):
-    model, cfg, params, _ = hf_pair
+def test_left_and_right_padding_match_hf(hf_pair_attn):
+    model, cfg, params, _ = hf_pair_attn
     rng = np.random.RandomState(2)
     tokens = rng.randint(0, cfg.vocab_size, (3, 12))
     left = np.ones((3, 12), np.int64)
@@ -143,9 +157,9 @@ def test_left_and_right_padding_match_hf(hf_pair):
     np.testing.assert_allclose(np.asarray(ours_r)[valid], ref_r[valid], atol=1e-4, rtol=0)
 
 
-def test_packed_segments_equal_separate_documents(hf_pair):
+def test_packed_segments_equal_separate_documents(hf_pair_attn):
     """Three documents packed in one row give the logits HF gives for each document alone."""
-    model, cfg, params, _ = hf_pair
+    model, cfg, params, _ = hf_pair_attn
     rng = np.random.RandomState(3)
     lens = [5, 7, 3]
     docs = [rng.randint(0, cfg.vocab_size, (n,)) for n in lens]
@@ -169,8 +183,8 @@ def test_packed_segments_equal_separate_documents(hf_pair):
         o += len(d)
 
 
-def test_kv_cache_decoding_equals_full_forward(hf_pair):
-    _, cfg, params, _ = hf_pair
+def test_kv_cache_decoding_equals_full_forward(hf_pair_attn):
+    _, cfg, params, _ = hf_pair_attn
     rng = np.random.RandomState(4)
     tokens = jnp.asarray(rng.randint(0, cfg.vocab_size, (2, 10)))
     full, _ = _fwd(params, tokens, cfg=cfg)
@@ -187,9 +201,9 @@ def test_kv_cache_decoding_equals_full_forward(hf_pair):
     assert np.asarray(cache.lengths).tolist() == [10, 10]
 
 
-def test_kv_cache_rows_at_different_lengths(hf_pair):
+def test_kv_cache_rows_at_different_lengths(hf_pair_attn):
     """Continuous batching: rows of one cache hold sequences of different lengths, right-padded appends."""
-    _, cfg, params, _ = hf_pair
+    _, cfg, params, _ = hf_pair_attn
     rng = np.random.RandomState(5)
     a = rng.randint(0, cfg.vocab_size, (9,))
     b = rng.randint(0, cfg.vocab_size, (4,))
