@@ -60,6 +60,7 @@ def test_sigkill_then_resume_is_exact(tmp_path):
     check_sigkill_then_resume_is_exact(tmp_path, TOY)
 
 
+@pytest.mark.slow  # ~2.5 min: the real tokenizer, grain pipeline and packing in three subprocess runs
 def test_sigkill_then_resume_is_exact_through_the_jsonl_pipeline(tmp_path):
     check_sigkill_then_resume_is_exact(tmp_path, "configs/tiny_cpu.py", *JSONL)
 
