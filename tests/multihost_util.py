@@ -76,13 +76,23 @@ def launch(
     return out
 
 
-def written(record_dir: str, index: int) -> list[str]:
-    """Paths process `index` opened for writing (absolute, in order, without repeats)."""
+def _records(record_dir: str, index: int) -> list[str]:
     path = os.path.join(record_dir, f"written.p{index}.txt")
     if not os.path.exists(path):
         return []
-    seen: dict[str, None] = {}
     with open(path) as f:
-        for line in f:
-            seen.setdefault(line.rstrip("\n"), None)
+        return [line.rstrip("\n") for line in f]
+
+
+def written(record_dir: str, index: int) -> list[str]:
+    """Paths process `index` opened for writing (absolute, in order, without repeats)."""
+    seen: dict[str, None] = {}
+    for line in _records(record_dir, index):
+        if not line.startswith("spawn "):
+            seen.setdefault(line, None)
     return list(seen)
+
+
+def spawned(record_dir: str, index: int) -> list[str]:
+    """The first two argv entries of every subprocess process `index` started, in order."""
+    return [line[len("spawn ") :] for line in _records(record_dir, index) if line.startswith("spawn ")]

@@ -12,7 +12,6 @@ import signal
 import jax
 import numpy as np
 import pytest
-
 from multihost_util import launch, written
 from tolerances import logits_depth, reorder_atol
 
