@@ -93,7 +93,12 @@ def test_grpo_two_processes_match_one(policy, tmp_path):
         assert mb[s]["reward_mean"] == ma[s]["reward_mean"]
         for k in ("response_len", "model_tokens", "code_blocks", "groups", "zero_variance_groups"):
             assert mb[s][k] == pytest.approx(ma[s][k], rel=1e-12), (s, k)
-        assert abs(mb[s]["loss"] - ma[s]["loss"]) <= reorder_atol(ma[s]["loss"], depth) + 1e-12, s
+        # The surrogate is a token mean of -A * ratio terms (ratio ~ 1 on the first update), which cancel to
+        # ~0 in a group-centred batch: its rounding is relative to the terms' magnitude, max|A|, not to itself.
+        terms = float(np.max(np.abs(ra[s]["advantages"])))
+        assert abs(mb[s]["loss"] - ma[s]["loss"]) <= reorder_atol(terms, depth), s
+        for k in ("grad_norm", "entropy"):
+            assert abs(mb[s][k] - ma[s][k]) <= reorder_atol(ma[s][k], depth), (s, k, mb[s][k], ma[s][k])
 
     # One execution pool per process: each started its own sandbox workers.
     for i in range(2):
