@@ -41,3 +41,15 @@ def test_synthetic_batches_do_not_depend_on_the_process_count():
         for k in full:
             np.testing.assert_array_equal(full[k], np.concatenate([p[k] for p in parts]))
     assert not np.array_equal(parts[0]["tokens"], parts[1]["tokens"])
+
+
+def test_cli_validates_the_mesh_against_the_global_device_count(tmp_path):
+    """The issue's symptom: 2 processes x 4 devices with mesh.data=8 used to fail with `8 but 4 devices`."""
+    from multihost_util import launch
+
+    args = ["train", "sft", "--config=configs/tiny_cpu.py:toy", "--config.mesh.data=8", "--config.mesh.fsdp=1",
+            "--config.data.batch_size=8", "--print_config"]  # fmt: skip
+    res = launch(args, num_processes=2, devices_per_process=4, record_dir=str(tmp_path), timeout=240)
+    for rc, out in res:
+        assert rc == 0, out
+        assert "config error" not in out and "data: 8" in out
