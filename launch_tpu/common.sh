@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Shared settings for the TPU VM scripts. Override any of them in the environment.
+# Shared settings for the TPU scripts; each script is one `storm-jax tpu <action>` (storm_jax/tpu.py, tested
+# with a fake gcloud in tests/test_tpu_launcher.py). Override any setting in the environment.
 set -euo pipefail
-: "${TPU_NAME:?set TPU_NAME (the TPU VM name)}"
-: "${ZONE:?set ZONE (e.g. us-central2-b)}"
-: "${PROJECT:=$(gcloud config get-value project 2>/dev/null)}"
-: "${ACCELERATOR_TYPE:=v4-32}"
-: "${RUNTIME_VERSION:=tpu-ubuntu2204-base}"
-: "${REPO_URL:=}"           # git URL of storm_jax to clone on the workers (or leave empty and use SYNC_DIR)
-: "${REPO_REF:=main}"
-: "${WORKDIR:=storm_jax}"   # checkout directory on each worker (relative to $HOME)
+: "${TPU_NAME:?set TPU_NAME (the TPU node name; its queued resource is TPU_NAME-qr)}"
+: "${ZONE:?set ZONE (e.g. us-east5-a)}"
+: "${PROJECT:=}"                 # default: gcloud's configured project
+: "${ACCELERATOR_TYPE:=v5p-32}"  # v5litepod-N (v5e) | v5p-N | v6e-N
+: "${SPOT:=}"                    # non-empty: spot capacity (preemptible; run.sh then resumes after preemption)
+: "${DRY_RUN:=}"                 # non-empty: print every gcloud command, run none
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# Run one command on every worker of the slice, in parallel (JAX multi-host needs all processes).
-on_all_workers() {
-  gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --project "$PROJECT" --worker=all --command "$1"
+tpu() {
+  local action=$1
+  shift
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m storm_jax.tpu "$action" \
+    --name "$TPU_NAME" --zone "$ZONE" ${PROJECT:+--project "$PROJECT"} --type "$ACCELERATOR_TYPE" \
+    ${SPOT:+--spot} ${DRY_RUN:+--dry-run} --src "$ROOT" "$@"
 }

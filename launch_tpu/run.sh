@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
-# Launch a training job on all workers: ./run.sh train sft --config=storm_sft --config.workdir=gs://bucket/run1
-# Every process runs the same command; jax.distributed initializes from the TPU environment. The job resumes
-# automatically from the latest checkpoint in its workdir, so re-running this after a preemption is the resume.
+# Run one job on all workers, streaming worker 0's log; after a preemption the slice is recreated and the same
+# job rerun (it resumes from its workdir's newest checkpoint, so use a gs:// workdir):
+#   ./run.sh storm-jax train sft --config=storm_sft --config.workdir=gs://bucket/runs/sft1
 source "$(dirname "$0")/common.sh"
-args=$(printf ' %q' "$@")
-on_all_workers "cd \$HOME/$WORKDIR && nohup .venv/bin/storm-jax$args > run.log 2>&1 &"
-echo "started; follow worker 0 with: gcloud compute tpus tpu-vm ssh $TPU_NAME --zone $ZONE --worker=0 --command 'tail -f \$HOME/$WORKDIR/run.log'"
+tpu run -- "$@"

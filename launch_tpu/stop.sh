@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
-# Ask the job to stop: SIGTERM makes the trainer write a checkpoint before it exits.
+# Stop the job (SIGTERM: the trainer checkpoints, then exits); `DELETE=1 ./stop.sh` also tears the slice down.
 source "$(dirname "$0")/common.sh"
-on_all_workers "pkill -TERM -f 'storm-jax' || true"
+tpu stop
+if [ -n "${DELETE:-}" ]; then tpu delete; fi

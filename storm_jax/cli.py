@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "warmup-data": ("storm_jax.steporlm.warmup_cli", "StepORLM warm-up: teacher solutions, solver-verified"),
     "serve": ("storm_jax.serve.cli", "OpenAI-compatible server (chat/completions, streaming, optional tools)"),
     "eval": ("storm_jax.eval.eval_cli", "evaluate: rollouts with tools + scoring per benchmark; merge, compare"),
+    "tpu": ("storm_jax.tpu", "TPU pods: queued-resource create, setup, sync, run on all workers (resumes), stop"),
 }
 
 

@@ -140,14 +140,18 @@ def run_pipeline(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any
     """SFT -> score -> GRPO -> score as configured; returns the report dict."""
     from storm_jax.config import save_config
     from storm_jax.execution.pool import ExecutionConfig, ExecutionPool
+    from storm_jax.parallel.multihost import ensure_initialized, is_main
     from storm_jax.tokenizer import load_tokenizer
     from storm_jax.train.grpo import train_grpo
     from storm_jax.train.sft import train_sft
 
+    ensure_initialized()  # before any device is touched (a library caller may not have gone through main)
+    main_process = is_main()  # the config, plot and report are written once, by process 0
     t_start = time.perf_counter()
     workdir = cfg.workdir
     os.makedirs(workdir, exist_ok=True)
-    save_config(cfg, workdir)
+    if main_process:
+        save_config(cfg, workdir)
     g = cfg.grpo
 
     def stage(name: str, recipe: str) -> ml_collections.ConfigDict:
@@ -185,7 +189,8 @@ def run_pipeline(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any
         t_eval += time.perf_counter() - t0
     history = {"reward": grpo["curve"], "pass_rate": grpo["pass_curve"]}
     plot = os.path.join(workdir, "reward_curve.png")
-    save_plot(history, plot)
+    if main_process:
+        save_plot(history, plot)
     table = report_table(before, after, g.protocol)
     total = time.perf_counter() - t_start
     timing = f"SFT {t_sft:.0f} s, GRPO {t_grpo:.0f} s, scoring {t_eval:.0f} s, total {total:.0f} s"
@@ -209,11 +214,12 @@ def run_pipeline(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any
             f"Time: {timing} (devices: {jax.device_count()} x {jax.devices()[0].platform})",
         ]
     )
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(text + "\n")
     report = {"before": before, "after": after, "history": history, "sft_loss": sft["loss"], "seconds": total}
-    with open(os.path.join(workdir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    if main_process:
+        with open(os.path.join(workdir, "report.md"), "w") as f:
+            f.write(text + "\n")
+        with open(os.path.join(workdir, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
     echo("")
     echo(text)
     echo(f"\nplot: {plot}\nreport: {os.path.join(workdir, 'report.md')}")
@@ -233,8 +239,10 @@ def main(argv: list[str]) -> int:
             f"storm-jax pipeline: unknown arguments {other} (see storm-jax pipeline --help)", file=sys.stderr
         )
         return 2
-    try:
-        cfg = load_config(spec or DEFAULT_CONFIG, overrides, num_devices=jax.device_count())
+    from storm_jax.parallel.multihost import global_device_count
+
+    try:  # distributed first (a pod's backend must not start before it), then the global device count
+        cfg = load_config(spec or DEFAULT_CONFIG, overrides, num_devices=global_device_count())
     except ConfigError as e:
         print(f"storm-jax pipeline: config error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,6 @@ sampler's layout can diverge from the trainer's.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -266,23 +265,13 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None], mesh_rules: Mesh
 
 
 def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
-    """Call `jax.distributed.initialize()` on a multi-host pod; a no-op on one host.
+    """Call `jax.distributed.initialize()` on a multi-host pod (once); a no-op on one host.
 
     TPU VMs expose their topology through the environment (the TPU runtime fills in coordinator and
     process ids), so auto-detection is enough there; elsewhere set JAX_COORDINATOR_ADDRESS,
-    JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID. Idempotent, and must run before the backend starts (see
+    storm_jax.parallel.multihost, which implements it).
     """
-    env = os.environ if env is None else env
-    multi_host_tpu = env.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
-    explicit = "JAX_COORDINATOR_ADDRESS" in env and int(env.get("JAX_NUM_PROCESSES", "1")) > 1
-    if not (multi_host_tpu or explicit):
-        return False
-    if explicit:
-        jax.distributed.initialize(
-            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(env["JAX_NUM_PROCESSES"]),
-            process_id=int(env["JAX_PROCESS_ID"]),
-        )
-    else:
-        jax.distributed.initialize()
-    return True
+    from storm_jax.parallel.multihost import ensure_initialized
+
+    return ensure_initialized(env)

@@ -65,10 +65,10 @@ def main(argv: list[str]) -> int:
     if other:
         print(f"{prog}: unknown arguments {other} (see {prog} --help)", file=sys.stderr)
         return 2
-    import jax
+    from storm_jax.parallel.multihost import global_device_count
 
-    try:
-        cfg = load_config(spec, overrides, num_devices=jax.device_count())
+    try:  # distributed first (a pod's backend must not start before it), then the job's global device count
+        cfg = load_config(spec, overrides, num_devices=global_device_count())
     except ConfigError as e:
         print(f"{prog}: config error: {e}", file=sys.stderr)
         return 2

@@ -33,9 +33,11 @@ from storm_jax import verify
 from storm_jax.data.benchmarks import read_rows
 from storm_jax.execution.answers import Answer
 from storm_jax.models.qwen import ModelConfig
+from storm_jax.parallel import multihost
 from storm_jax.rewards import DEFAULT_CONFIG, ScoringConfig, is_correct
 from storm_jax.sampling.rollout import RolloutConfig, RolloutRequest, Trajectory, rollout
 from storm_jax.sampling.sampler import EngineConfig, Sampler, SamplingParams
+from storm_jax.train import grpo_multihost
 from storm_jax.train.grpo_loss import GRPOLossConfig, estimate_advantages
 from storm_jax.train.loop import FAULT_ENV, loop_options, run_loop
 from storm_jax.train.losses import batch_logprobs, make_loss
@@ -316,8 +318,10 @@ def train_grpo(
     Returns {"step", "curve": [per-step reward mean], "pass_curve", "params", "state", "metrics"}.
     """
     from storm_jax.config import save_config
+    from storm_jax.parallel.multihost import ensure_initialized
     from storm_jax.tokenizer import encode_prompt, eos_ids
 
+    ensure_initialized()  # before the mesh touches the backend (a library caller may skip run_grpo)
     g = cfg.grpo
     for line in check_resume(cfg):  # before anything is written
         echo(f"warning: {line}")
@@ -359,6 +363,8 @@ def train_grpo(
     scoring = ScoringConfig(eps=g.epsilon)
     prompt_cache: dict[int, list[int]] = {}
     sampler: list[Sampler] = []  # built at the first step, around the restored (or initial) state
+    # Multi-process: the sampler runs on this process's devices, over its share of the step's problems.
+    weights = grpo_multihost.SamplerWeights(mesh_rules, model_cfg)
 
     def prompt_ids(i: int) -> list[int]:
         if i not in prompt_cache:
@@ -370,22 +376,29 @@ def train_grpo(
     def step_fn(state, idx, ctx):
         step = ctx.step
         ref_params = ctx.arrays.get("ref_params")
+        sampler_params = weights(state.params)
         if not sampler:
-            sampler.append(Sampler(state.params, model_cfg, engine_config(g), mesh_rules=mesh_rules))
+            sampler.append(
+                Sampler(sampler_params, model_cfg, engine_config(g), mesh_rules=weights.mesh_rules)
+            )
         t0 = time.perf_counter()
+        lo, hi = grpo_multihost.local_share(len(idx))
         reqs = [
             RolloutRequest(
                 prompt_ids(i), n=G, seed=int(cfg.seed * 1_000_003 + step * 1009 + k), meta={"problem": i}
             )
             for k, i in enumerate(idx)
+            if lo <= k < hi  # k stays the global index: the seeds do not depend on the process count
         ]
-        trajs = rollout(state.params, model_cfg, tokenizer, reqs, rcfg, executor, sampler=sampler[0])
+        trajs = rollout(sampler_params, model_cfg, tokenizer, reqs, rcfg, executor, sampler=sampler[0])
         t_roll = time.perf_counter() - t0
-        probs = [problems[idx[t.group]] for t in trajs]
+        probs = [problems[idx[lo + t.group]] for t in trajs]
         rewards, correct = compute_rewards(
             trajs, probs, protocol=g.protocol, scoring=scoring, answer_from=g.answer_from,
             format_reward=g.format_reward,
         )  # fmt: skip
+        roll_stats = grpo_multihost.global_rollout_stats(trajs)
+        trajs, rewards, correct = grpo_multihost.gather_rollouts(trajs, rewards, correct, group_offset=lo)
         if g.shuffle_rewards:  # control experiment: rewards carry no information about the trajectory
             rewards = np.random.default_rng([cfg.seed, step, 7]).permutation(rewards)
         adv = estimate_advantages(
@@ -396,6 +409,7 @@ def train_grpo(
         A = adv.advantages.reshape(-1)
         keep = adv.keep.reshape(-1)
         zv = adv.zero_variance.reshape(-1)
+        grpo_multihost.write_step_record(cfg.workdir, step + 1, idx, rewards, A)
         longest = max(len(t.prompt_ids) + len(t.response_ids) for t in trajs) - 1
         seq_len = min(_round_up(longest, g.seq_bucket), _round_up(g.max_len, g.seq_bucket))
 
@@ -416,10 +430,10 @@ def train_grpo(
                     seq_len=seq_len,
                     num_rows=mb_rows_padded,
                 )
-                batch = {k: jax.device_put(v, b_sh) for k, v in nb.items()}
+                batch = {k: multihost.global_array(v, b_sh) for k, v in nb.items()}  # spans hosts
                 if epoch == 0 and (g.old_logprobs == "trainer" or step % cfg.train.log_every == 0):
                     trainer_lp = logp_fn(state.params, batch)
-                    diff = np.abs(np.asarray(trainer_lp) - nb["old_logprobs"])[nb["loss_mask"] > 0]
+                    diff = np.abs(multihost.host_value(trainer_lp) - nb["old_logprobs"])[nb["loss_mask"] > 0]
                     mismatch = max(0.0 if math.isnan(mismatch) else mismatch, float(diff.max(initial=0.0)))
                     if g.old_logprobs == "trainer":
                         batch["old_logprobs"] = trainer_lp
@@ -430,7 +444,7 @@ def train_grpo(
                     m_acc[k] = m_acc.get(k, 0.0) + float(v)
                 n_upd += 1
         out = {k: v / n_upd for k, v in m_acc.items()}
-        out.update(rollout_stats(trajs))
+        out.update(roll_stats)
         out.update({f"adv_{k}" if not k.startswith("adv") else k: v for k, v in adv.stats().items()})
         out.update(
             groups=float(adv.n_groups),

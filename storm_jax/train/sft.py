@@ -50,9 +50,12 @@ BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 
 
 class SyntheticSFTIterator:
-    """Deterministic random packed batches (benchmarks, tests): batch i depends only on (seed, i, process).
+    """Deterministic random packed batches (benchmarks, tests).
 
-    Same dict layout as storm_jax.data.pipeline; get_state()/set_state() make it resumable.
+    Row r of global batch i depends only on (seed, i, r); process p of a job yields the global rows
+    [p * batch_size, (p + 1) * batch_size) (batch_size is the per-process row count), so the global batch
+    that `to_global` assembles is the same for any process count. Same dict layout as
+    storm_jax.data.pipeline; get_state()/set_state() make it resumable.
     """
 
     def __init__(self, vocab_size: int, seq_len: int, batch_size: int, seed: int, process_index: int = 0):
@@ -63,11 +66,12 @@ class SyntheticSFTIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.index, self.process_index])
+        i, first_row = self.index, self.process_index * self.batch_size
         self.index += 1
         B, T = self.batch_size, self.seq_len
         out = {k: np.zeros((B, T), np.int32) for k in BATCH_KEYS}
         for b in range(B):
+            rng = np.random.default_rng([self.seed, i, first_row + b])
             t, d = 0, 1
             while t < T - 1:
                 n = int(min(rng.integers(T // 4, T + 1), T - t))
