@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("storm_jax.train.cli", "train: `train sft|grpo --config=storm_sft` (recipes by name or path)"),
     "export": ("storm_jax.train.export_cli", "export a training checkpoint as an HF checkpoint directory"),
     "pipeline": ("storm_jax.pipeline", "run the STORM recipe end to end: SFT -> score -> GRPO -> score"),
+    "evolve": ("storm_jax.steporlm.evolve_cli", "StepORLM: the self-evolving policy <-> GenPRM loop"),
+    "genprm": ("storm_jax.steporlm.genprm_cli", "StepORLM GenPRM: `genprm score` critiques trajectories"),
 }
 
 

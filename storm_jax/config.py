@@ -35,7 +35,7 @@ _NOT_RECIPES = ("__init__", "model_presets")
 
 LOSS_NORMS = ("token", "sequence")
 #: Values of the `recipe` key (what `storm-jax train <recipe>` runs).
-RECIPES = ("sft", "grpo", "pipeline", "dpo")
+RECIPES = ("sft", "grpo", "pipeline", "dpo", "evolve")
 DECAYS = ("cosine", "linear", "constant")
 
 
@@ -109,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.grpo = grpo_defaults()
     c.dpo = dpo_defaults()
+    from storm_jax.steporlm.evolve_config import evolve_defaults  # StepORLM's loop (storm-jax evolve)
+
+    c.evolve = evolve_defaults()
     return c
 
 
@@ -423,6 +426,10 @@ def validate(
         _validate_grpo(cfg.grpo, fail)
     if cfg.recipe == "dpo":
         _validate_dpo(cfg, fail, num_devices)
+    if cfg.recipe == "evolve":
+        from storm_jax.steporlm.evolve_config import validate_evolve
+
+        validate_evolve(cfg, fail)
     if cfg.recipe == "pipeline" and bool(cfg.grpo.enable_thinking) != bool(cfg.data.enable_thinking):
         # The SFT'd policy must be prompted as it was trained: an open <think> block in one stage and a closed
         # one in the other puts every GRPO and scoring prompt out of distribution.
