@@ -62,11 +62,11 @@ def tiny(c) -> None:
     c.workdir = "runs/steporlm_evolve_tiny"
     c.data.path = str(_RES / "arith" / "train.sft_traj.jsonl")
     c.data.seq_len = 512
-    c.data.batch_size = 4
+    c.data.batch_size = 2
     c.optim.lr = 3e-3  # a random tiny model needs a large lr to learn anything in a few dozen steps
     c.optim.warmup_steps = 5
     c.optim.min_lr_ratio = 0.1
-    c.train.steps = 80
+    c.train.steps = 40
     c.train.logprob_chunk = 128
     c.train.log_every = 20
     c.train.progress = False
@@ -81,17 +81,21 @@ def tiny(c) -> None:
     e.system_prompt = ""  # the arith trajectories have no system message
     e.tools = True
     e.max_tool_calls = 2
-    e.max_response_tokens = 224
+    e.max_response_tokens = 192
     e.max_len = 512
     e.num_slots = 8
     e.exec_workers = 2
-    e.genprm_warmup_steps = 60
-    e.genprm_sft_steps = 8
+    e.genprm_warmup_steps = 30
+    e.genprm_sft_steps = 4
     e.genprm_lr = 3e-3
     e.genprm_seq_len = 640
     e.critique_tokens = 128
     e.critique_max_len = 768
-    e.dpo_steps = 4
+    e.dpo_steps = 3
     e.dpo_lr = 1e-4
     e.dpo_batch_pairs = 2
     e.dpo_seq_len = 512
+    # A GenPRM this small and this briefly trained writes no parsable critique yet (its parse-failure rate is
+    # reported every round), so pairs of equal outcome are scored by the programmatic critic here; its
+    # critiques also bootstrap the GenPRM's SFT data. The full recipe scores pairs with the GenPRM.
+    e.pair_scorer = "critic"

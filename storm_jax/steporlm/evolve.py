@@ -68,7 +68,9 @@ def solution_text(text: str) -> str:
     return text.split(EOT)[0]
 
 
-def stage_config(cfg: ml_collections.ConfigDict, workdir: str, recipe: str, **kw: Any) -> ml_collections.ConfigDict:
+def stage_config(
+    cfg: ml_collections.ConfigDict, workdir: str, recipe: str, **kw: Any
+) -> ml_collections.ConfigDict:
     """A copy of cfg for one training stage: its own workdir, no eval; keys `section__name=value` set."""
     c = copy.deepcopy(cfg)
     c.unlock()
@@ -124,7 +126,9 @@ class Evolve:
             from storm_jax.execution.pool import ExecutionConfig, ExecutionPool
 
             t = float(self.e.exec_timeout_s)
-            self._pool = ExecutionPool(num_workers=self.e.exec_workers, config=ExecutionConfig(wall_s=t, cpu_s=t))
+            self._pool = ExecutionPool(
+                num_workers=self.e.exec_workers, config=ExecutionConfig(wall_s=t, cpu_s=t)
+            )
         return self._pool
 
     def load(self, d: str):
@@ -159,7 +163,9 @@ class Evolve:
                 c.init_from_hf = self.cfg.init_from_hf
                 res = train_sft(c, echo=self.echo)
                 params = jax.device_get(res["state"].params)
-                write_json(self.path("warmup", "policy_sft.json"), {"loss": res["loss"], "steps": res["step"]})
+                write_json(
+                    self.path("warmup", "policy_sft.json"), {"loss": res["loss"], "steps": res["step"]}
+                )
             elif self.cfg.init_from_hf:
                 params = self.load_external(self.cfg.init_from_hf)
             else:
@@ -175,7 +181,9 @@ class Evolve:
             if self.e.genprm_warmup_steps:
                 rows = self.genprm_warmup_rows()
                 write_jsonl(self.path("warmup", "genprm_rows.jsonl"), rows)
-                res = self.genprm_sft(rows, params, self.path("warmup", "genprm_sft"), self.e.genprm_warmup_steps)
+                res = self.genprm_sft(
+                    rows, params, self.path("warmup", "genprm_sft"), self.e.genprm_warmup_steps
+                )
                 params = jax.device_get(res["state"].params)
                 write_json(self.path("warmup", "genprm_sft.json"), {"loss": res["loss"], "rows": len(rows)})
             self.save(params, "warmup/genprm")
@@ -190,7 +198,11 @@ class Evolve:
         """Programmatic critiques of gold and flawed solutions (flawed programs really run) as chat rows."""
         from storm_jax.steporlm.weak import FLAWS, gold_parts, plant_flaw, storm_solution
 
-        trajs = [r for r in read_jsonl(self.cfg.data.path) if r.get("id") in self.by_id] if self.cfg.data.path else []
+        trajs = (
+            [r for r in read_jsonl(self.cfg.data.path) if r.get("id") in self.by_id]
+            if self.cfg.data.path
+            else []
+        )
         trajs = [t for t in trajs if self.by_id[t["id"]].meta.get("program")][:48]
         rng = random.Random(self.cfg.seed)
         items, runs = [], []
@@ -203,7 +215,13 @@ class Evolve:
                 runs.append((row, intro, flawed))
         results = self.pool.map([p for _, _, p in runs]) if runs else []
         for (row, intro, prog), res in zip(runs, results):
-            boxed = None if res.answer is None else f"{res.answer:g}" if not isinstance(res.answer, str) else res.answer
+            boxed = (
+                None
+                if res.answer is None
+                else f"{res.answer:g}"
+                if not isinstance(res.answer, str)
+                else res.answer
+            )
             items.append((row, storm_solution(intro, prog, res.stdout or res.stderr[-300:], boxed)))
         out = []
         for row, text in items:
@@ -214,7 +232,10 @@ class Evolve:
 
     @staticmethod
     def critique_row(question: str, steps, critique_text: str) -> dict:
-        return {"messages": build_critique_messages(question, steps) + [{"role": "assistant", "content": critique_text}]}
+        return {
+            "messages": build_critique_messages(question, steps)
+            + [{"role": "assistant", "content": critique_text}]
+        }
 
     def genprm_sft(self, rows: list[dict], params: Any, workdir: str, steps: int) -> dict:
         from storm_jax.train.sft import train_sft
@@ -247,7 +268,9 @@ class Evolve:
 
 def prompt_messages(e: ml_collections.ConfigDict, question: str) -> list[dict]:
     """The policy prompt of the configured layout."""
-    return policy_messages(question, system=e.system_prompt, layout="titled" if e.layout == "titled" else "storm")
+    return policy_messages(
+        question, system=e.system_prompt, layout="titled" if e.layout == "titled" else "storm"
+    )
 
 
 def steps_of(text: str):

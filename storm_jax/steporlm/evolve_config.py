@@ -72,7 +72,10 @@ def validate_evolve(cfg: ml_collections.ConfigDict, fail) -> None:
         if int(e[key]) < 1:
             fail(f"evolve.{key}", f"must be >= 1, got {e[key]}")
     if e.max_len <= e.max_response_tokens:
-        fail("evolve.max_len", f"{e.max_len} leaves no room for a prompt (max_response_tokens={e.max_response_tokens})")
+        fail(
+            "evolve.max_len",
+            f"{e.max_len} leaves no room for a prompt (max_response_tokens={e.max_response_tokens})",
+        )
     if e.critique_max_len <= e.critique_tokens:
         fail("evolve.critique_max_len", f"{e.critique_max_len} <= critique_tokens={e.critique_tokens}")
     if e.samples_per_problem < 2:

@@ -41,11 +41,17 @@ def sample_stage(ev, r: int, d: str, prev: str) -> None:
     params = ev.load(f"{prev}/policy")
     reqs = []
     for i, row in enumerate(ev.rows):
-        ids = encode_prompt(ev.tok, prompt_messages(e, row.question), enable_thinking=ev.cfg.data.enable_thinking)
-        reqs.append(RolloutRequest(ids, n=e.samples_per_problem, seed=_seed(ev.cfg.seed, r, i), meta={"id": row.id}))
+        ids = encode_prompt(
+            ev.tok, prompt_messages(e, row.question), enable_thinking=ev.cfg.data.enable_thinking
+        )
+        reqs.append(
+            RolloutRequest(ids, n=e.samples_per_problem, seed=_seed(ev.cfg.seed, r, i), meta={"id": row.id})
+        )
     sp = SamplingParams(temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
                         max_new_tokens=e.max_response_tokens, eos_ids=tuple(eos_ids(ev.tok)))  # fmt: skip
-    rc = RolloutConfig(sampling=sp, tools=e.tools, max_tool_calls=e.max_tool_calls, exec_timeout_s=e.exec_timeout_s)
+    rc = RolloutConfig(
+        sampling=sp, tools=e.tools, max_tool_calls=e.max_tool_calls, exec_timeout_s=e.exec_timeout_s
+    )
     engine = EngineConfig(num_slots=e.num_slots, max_len=e.max_len, chunk_size=e.decode_chunk)
     trajs = rollout(params, ev.model_cfg, ev.tok, reqs, rc, ev.pool, engine=engine)
     # The titled layout runs its final program once, after sampling (the STORM layout ran its code inline).
@@ -59,7 +65,9 @@ def sample_stage(ev, r: int, d: str, prev: str) -> None:
         answer = trajectory_answer(t, "auto")
         if answer is None and ex is not None and ex.status == "ok":
             answer = ex.answer
-        execs = [(x.status, x.answer) for x in t.executions] + ([(ex.status, ex.answer)] if ex is not None else [])
+        execs = [(x.status, x.answer) for x in t.executions] + (
+            [(ex.status, ex.answer)] if ex is not None else []
+        )
         rows.append({
             "problem_id": row.id, "sample_index": t.sample_index, "text": t.text,
             "prompt_ids": t.prompt_ids, "response_ids": t.response_ids, "loss_mask": t.loss_mask,
@@ -185,7 +193,9 @@ def metrics_stage(ev, r: int, d: str, prev: str) -> dict:
         "accuracy": _rate([s["correct"] for s in samples]),
         "parse_failure_rate": _rate([not x["ok"] for x in g]),
         "genprm_agreement": _rate([x["final"] == s["correct"] for x, s in zip(g, samples) if x["ok"]]),
-        "critic_agreement": _rate([c["critic"]["final"] == s["correct"] for c, s in zip(crits, samples) if c["critic"]]),
+        "critic_agreement": _rate(
+            [c["critic"]["final"] == s["correct"] for c, s in zip(crits, samples) if c["critic"]]
+        ),
         "mean_process_score": _rate([x["score"] for x in g if x["ok"]]),
         "pairs": stats["pairs"],
         "pairs_by_kind": stats["by_kind"],

@@ -99,10 +99,16 @@ class CritiqueGenerator:
         out: list[GeneratedCritique | None] = [None] * len(items)
         for i, t in zip(todo, trajs):
             text = t.text.split("<|im_end|>")[0]
-            out[i] = GeneratedCritique(text, parse_critique(text, len(items[i][1])), len(prompts[i]), sum(t.loss_mask))
+            out[i] = GeneratedCritique(
+                text, parse_critique(text, len(items[i][1])), len(prompts[i]), sum(t.loss_mask)
+            )
         for i, p in enumerate(prompts):
             if out[i] is None:
                 n = len(items[i][1])
-                why = "the solution has no steps" if not n else f"prompt of {len(p)} tokens leaves no room in max_len {self.max_len}"
+                why = (
+                    "the solution has no steps"
+                    if not n
+                    else f"prompt of {len(p)} tokens leaves no room in max_len {self.max_len}"
+                )
                 out[i] = GeneratedCritique("", Critique(n, failure=why), len(p), 0)
         return out  # type: ignore[return-value]
