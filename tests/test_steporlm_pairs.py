@@ -71,3 +71,16 @@ def test_min_delta_ties_and_dict_samples():
     assert build_pairs(rows)[0][0].chosen == 1
     with pytest.raises(ValueError, match="mode must be one of"):
         build_pairs(rows, mode="bogus")
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("evolve.layout=bogus", "evolve.layout"), ("evolve.samples_per_problem=1", "evolve.samples_per_problem"),
+     ("evolve.pair_mode=x", "evolve.pair_mode"), ("evolve.max_len=100", "evolve.max_len")],
+)  # fmt: skip
+def test_evolve_config_errors_are_one_line(override, key, capsys):
+    from storm_jax.steporlm.evolve_cli import main
+
+    assert main(["--config=steporlm_evolve:tiny", f"--config.{override}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("storm-jax evolve: config error: ") and f": {key}: " in err and "\n" not in err, err

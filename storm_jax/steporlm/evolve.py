@@ -178,9 +178,9 @@ class Evolve:
                 params = self.load_external(self.e.genprm_init)
             else:  # a seeded init of the policy's architecture, distinct from the policy's
                 params = init_params(self.model_cfg, jax.random.key(self.cfg.seed + 1))
-            if self.e.genprm_warmup_steps:
-                rows = self.genprm_warmup_rows()
-                write_jsonl(self.path("warmup", "genprm_rows.jsonl"), rows)
+            rows = self.genprm_warmup_rows() if self.e.genprm_warmup_steps else []
+            write_jsonl(self.path("warmup", "genprm_rows.jsonl"), rows)
+            if rows:  # none without synthetic problems (no gold program for the critic) or STORM warm-up rows
                 res = self.genprm_sft(
                     rows, params, self.path("warmup", "genprm_sft"), self.e.genprm_warmup_steps
                 )
@@ -203,7 +203,8 @@ class Evolve:
             if self.cfg.data.path
             else []
         )
-        trajs = [t for t in trajs if self.by_id[t["id"]].meta.get("program")][:48]
+        # STORM-layout trajectories (segments) of problems with a gold program; 48 keep the warm-up cheap
+        trajs = [t for t in trajs if "segments" in t and self.by_id[t["id"]].meta.get("program")][:48]
         rng = random.Random(self.cfg.seed)
         items, runs = [], []
         for t in trajs:
