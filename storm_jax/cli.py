@@ -32,6 +32,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("storm_jax.serve.cli", "OpenAI-compatible server (chat/completions, streaming, optional tools)"),
     "eval": ("storm_jax.eval.eval_cli", "evaluate: rollouts with tools + scoring per benchmark; merge, compare"),
     "tpu": ("storm_jax.tpu", "TPU pods: queued-resource create, setup, sync, run on all workers (resumes), stop"),
+    "evolve": ("storm_jax.steporlm.evolve_cli", "StepORLM: the self-evolving policy <-> GenPRM loop"),
+    "genprm": ("storm_jax.steporlm.genprm_cli", "StepORLM GenPRM: `genprm score` critiques trajectories"),
 }
 
 

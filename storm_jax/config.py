@@ -34,6 +34,8 @@ DEFAULT_CONFIG = CONFIGS_DIR / "tiny_cpu.py"
 _NOT_RECIPES = ("__init__", "model_presets")
 
 LOSS_NORMS = ("token", "sequence")
+#: Values of the `recipe` key (what `storm-jax train <recipe>` runs).
+RECIPES = ("sft", "grpo", "pipeline", "dpo", "evolve")
 DECAYS = ("cosine", "linear", "constant")
 
 
@@ -106,7 +108,33 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.async_save = True
 
     c.grpo = grpo_defaults()
+    c.dpo = dpo_defaults()
+    from storm_jax.steporlm.evolve_config import evolve_defaults  # StepORLM's loop (storm-jax evolve)
+
+    c.evolve = evolve_defaults()
     return c
+
+
+#: dpo.normalize choices: pairs: sum w*l / P (the paper's expectation) | weights: sum w*l / sum w.
+DPO_NORMALIZATIONS = ("pairs", "weights")
+#: dpo.reference choices: stored with the pairs (one pass before training), computed per batch from reference
+#: params held in memory (and in every checkpoint), or no reference at all (reference-free).
+DPO_REFERENCES = ("precomputed", "on_the_fly", "none")
+
+
+def dpo_defaults() -> ml_collections.ConfigDict:
+    """The `dpo` section (storm_jax.train.dpo; formulas in docs/dpo.md).
+
+    The data side uses the existing sections: data.batch_size counts PAIRS, data.overlong (use "drop"),
+    data.eval_path holds held-out pairs for the periodic pair accuracy.
+    """
+    d = ml_collections.ConfigDict()
+    d.beta = 0.1
+    d.label_smoothing = 0.0
+    d.normalize = "pairs"  # one of DPO_NORMALIZATIONS
+    d.reference = "precomputed"  # one of DPO_REFERENCES
+    d.ref_batch_pairs = 8  # pairs per forward pass when precomputing reference log-probs
+    return d
 
 
 def grpo_defaults() -> ml_collections.ConfigDict:
@@ -392,10 +420,16 @@ def validate(
         raise ConfigError(f"{source}: {key}: {msg}")
 
     check_schema(cfg, base_config(), source=source)
-    if cfg.recipe not in ("sft", "grpo", "pipeline"):
-        fail("recipe", f"{cfg.recipe!r} is not a known recipe (sft, grpo, pipeline)")
+    if cfg.recipe not in RECIPES:
+        fail("recipe", f"{cfg.recipe!r} is not a known recipe ({', '.join(RECIPES)})")
     if cfg.recipe in ("grpo", "pipeline"):
         _validate_grpo(cfg.grpo, fail)
+    if cfg.recipe == "dpo":
+        _validate_dpo(cfg, fail, num_devices)
+    if cfg.recipe == "evolve":
+        from storm_jax.steporlm.evolve_config import validate_evolve
+
+        validate_evolve(cfg, fail)
     if cfg.recipe == "pipeline" and bool(cfg.grpo.enable_thinking) != bool(cfg.data.enable_thinking):
         # The SFT'd policy must be prompted as it was trained: an open <think> block in one stage and a closed
         # one in the other puts every GRPO and scoring prompt out of distribution.
@@ -476,6 +510,30 @@ def _validate_grpo(g: ml_collections.ConfigDict, fail) -> None:
             "grpo.max_len",
             f"{g.max_len} must exceed grpo.max_response_tokens={g.max_response_tokens} (room for the prompt)",
         )
+
+
+def _validate_dpo(cfg: ml_collections.ConfigDict, fail, num_devices: int | None) -> None:
+    d = cfg.dpo
+    if not d.beta > 0:
+        fail("dpo.beta", f"must be > 0, got {d.beta}")
+    if not 0.0 <= d.label_smoothing < 0.5:
+        # 0.5 makes the loss symmetric in the margin (no preference left); above it prefers the rejected.
+        fail("dpo.label_smoothing", f"must be in [0, 0.5), got {d.label_smoothing}")
+    if d.normalize not in DPO_NORMALIZATIONS:
+        fail("dpo.normalize", f"{d.normalize!r} not in {DPO_NORMALIZATIONS}")
+    if d.reference not in DPO_REFERENCES:
+        fail("dpo.reference", f"{d.reference!r} not in {DPO_REFERENCES}")
+    if int(d.ref_batch_pairs) < 1:
+        fail("dpo.ref_batch_pairs", f"must be >= 1, got {d.ref_batch_pairs}")
+    if cfg.data.overlong not in ("truncate", "drop"):
+        fail("data.overlong", f"{cfg.data.overlong!r} not in ('truncate', 'drop')")
+    if cfg.data.source != "jsonl":
+        fail("data.source", f"{cfg.data.source!r}: DPO reads preference rows ('jsonl')")
+    if num_devices is not None:
+        data, fsdp, _tensor = mesh_sizes(cfg, num_devices)
+        if d.ref_batch_pairs % (data * fsdp):
+            # The reference pass shards its pairs over the data-parallel axes like a train micro-batch.
+            fail("dpo.ref_batch_pairs", f"{d.ref_batch_pairs} is not divisible by data*fsdp={data * fsdp}")
 
 
 def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:

@@ -4,21 +4,18 @@ StepORLM (arXiv 2509.22558) publishes the objective - per-pair weight 1 when the
 trajectories, |delta process score| when only the GenPRM does - and an 8B policy; it does not publish the
 DPO hyper-parameters. Every value marked GUESS is ours. Formulas, batch layout, length rule: docs/dpo.md.
 
-Run (once the DPO trainer is on the shared training core):
+Run:
     storm-jax train dpo --config=steporlm_dpo --config.init_from_hf=/path/policy_round_k \
         --config.data.path=pairs_round_k.jsonl --config.workdir=gs://.../steporlm_dpo_round_k
 
-`:tiny` is the same recipe on a tiny random Qwen3 (CPU, minutes).
-
-Note: `c.dpo` is not in storm_jax.config.base_config() yet; the training core merges
-storm_jax.train.dpo_loss.dpo_defaults() into it (and "dpo" into the known recipes) when it wires the trainer.
+`:tiny` is the same recipe on a tiny random Qwen3 (CPU, minutes). As a library function (one call per
+self-evolving round): storm_jax.train.dpo.train_dpo(cfg, rows=..., params=...).
 """
 
 from __future__ import annotations
 
-from storm_jax.config import base_config
+from storm_jax.config import base_config, dpo_defaults
 from storm_jax.configs import model_presets
-from storm_jax.train.dpo_loss import dpo_defaults
 
 VARIANTS = {"tiny": "the same recipe on a tiny random Qwen3 (CPU, minutes)"}
 

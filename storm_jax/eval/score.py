@@ -127,7 +127,9 @@ def score_completions(
     eff_answer_from, eff_max_blocks = effective_options(answer_from, max_blocks)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    rows_by_dataset = bm.load(benchmark, data_dir)
+    from storm_jax.eval.select import load_problems  # a benchmark name, or a problems JSONL path
+
+    rows_by_dataset = load_problems(benchmark, data_dir)
     index = {row.id: row for rows in rows_by_dataset.values() for row in rows}
     if isinstance(completions, str | os.PathLike):
         comp_path = Path(completions)
@@ -225,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="code blocks tried per completion, from the last (0: execute nothing, answers from boxes only)",
     )
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--select",
+        default=None,
+        choices=("first", "majority", "solver", "genprm", "critic"),
+        help="best-of-N selection report beside pass@1 (storm_jax.eval.select)",
+    )
+    p.add_argument("--genprm", default=None, help="GenPRM HF checkpoint directory (for --select genprm)")
+    p.add_argument(
+        "--critique-tokens", type=int, default=1024, help="GenPRM critique budget (--select genprm)"
+    )
+    p.add_argument("--critique-max-len", type=int, default=4096, help="GenPRM context (--select genprm)")
     return p
 
 
@@ -262,6 +275,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     print(markdown_table(summary), end="")
+    if args.select:
+        from storm_jax.cli_util import UsageError
+        from storm_jax.eval import select
+
+        try:
+            results = load_results(Path(args.out) / SAMPLES_FILE)
+            rows = select.load_problems(args.benchmark, args.data_dir)
+            report = select.run_select(args.select, read_completions(args.completions), results, rows, args.out,
+                                       genprm=args.genprm, max_len=args.critique_max_len,
+                                       max_new_tokens=args.critique_tokens)  # fmt: skip
+        except (ValueError, FileNotFoundError, UsageError) as e:
+            print(f"storm-jax score: {e}", file=sys.stderr)
+            return 2
+        print("\n" + select.markdown(report), end="")
     return 0
 
 

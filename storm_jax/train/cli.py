@@ -1,13 +1,13 @@
-"""`storm-jax train sft|grpo --config=storm_sft --config.optim.lr=2e-5 ...`"""
+"""`storm-jax train sft|grpo|dpo --config=storm_sft --config.optim.lr=2e-5 ...`"""
 
 from __future__ import annotations
 
 import sys
 
 PROG = "storm-jax train"
-RECIPES = ("sft", "grpo")
+RECIPES = ("sft", "grpo", "dpo")
 
-USAGE = """usage: storm-jax train sft|grpo [--config=RECIPE|FILE[:VARIANT]] [--config.KEY=VALUE ...] [--print_config]
+USAGE = """usage: storm-jax train sft|grpo|dpo [--config=RECIPE|FILE[:VARIANT]] [--config.KEY=VALUE ...] [--print_config]
 
   --config        a packaged recipe by name (storm_sft, storm_grpo:tiny) or a config file path
                   (default: tiny_cpu, a tiny Qwen3 on the bundled data, CPU)
@@ -39,7 +39,7 @@ def recipes_help() -> str:
 
 
 def _help(recipe: str | None) -> str:
-    head = USAGE if recipe is None else USAGE.replace("sft|grpo", recipe, 1)
+    head = USAGE if recipe is None else USAGE.replace("sft|grpo|dpo", recipe, 1)
     return f"{head}\n{recipes_help()}\n"
 
 
@@ -97,6 +97,17 @@ def main(argv: list[str]) -> int:
         curve = " ".join(f"{r:.2f}" for r in out["curve"])
         print(f"done: step {out['step']} reward curve [{curve}]")
         return 0
+    if recipe == "dpo":
+        from storm_jax.train.dpo import train_dpo
+
+        try:
+            out = train_dpo(cfg)
+        except ConfigError as e:  # a bad preference row (file:line: field), a refused resume
+            print(f"storm-jax train {recipe}: {e}", file=sys.stderr)
+            return 2
+        print(f"done: step {out['step']} loss {out['loss']:.4f} pair accuracy {out['accuracy']:.3f} "
+              f"eval pair accuracy {out['eval_accuracy']:.3f}")  # fmt: skip
+        return 0 if out["finite"] else 1
     from storm_jax.train.sft import train_sft
 
     try:

@@ -32,30 +32,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from storm_jax.config import DPO_NORMALIZATIONS, DPO_REFERENCES
+from storm_jax.config import dpo_defaults as dpo_defaults  # re-exported: the section's old home
 from storm_jax.models.qwen import ModelConfig
 from storm_jax.parallel.mesh import MeshRules
 from storm_jax.train.logprobs import token_logprobs
-from storm_jax.train.losses import LossFn
+from storm_jax.train.losses import LossFn, make_loss, register_loss
 
-NORMALIZATIONS = ("pairs", "weights")
-#: Where the reference log-probs come from: stored with the rows (one pass before training), computed per
-#: batch from reference params held in memory during training, or no reference at all (reference-free).
-REFERENCES = ("precomputed", "on_the_fly", "none")
-
-
-def dpo_defaults() -> ml_collections.ConfigDict:
-    """The `dpo` config section (to be merged into storm_jax.config.base_config by the training core).
-
-    The data side uses the existing sections: data.batch_size counts PAIRS, data.overlong (use "drop", see
-    storm_jax.data.preference), data.eval_path holds held-out pairs for pair accuracy.
-    """
-    c = ml_collections.ConfigDict()
-    c.beta = 0.1
-    c.label_smoothing = 0.0
-    c.normalize = "pairs"  # pairs: sum w*l / P (the paper's expectation) | weights: sum w*l / sum w
-    c.reference = "precomputed"  # precomputed | on_the_fly | none (reference-free)
-    c.ref_batch_pairs = 8  # pairs per forward pass when precomputing reference log-probs
-    return c
+#: dpo.normalize / dpo.reference choices; the `dpo` config section itself is storm_jax.config.dpo_defaults.
+NORMALIZATIONS = DPO_NORMALIZATIONS
+REFERENCES = DPO_REFERENCES
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,6 +182,7 @@ def pair_logps(
 # ----------------------------------------------------------------------------------------------------------
 
 
+@register_loss("weighted_dpo")
 def make_dpo_loss(
     *,
     beta: float,
@@ -289,7 +276,8 @@ def loss_from_config(
     """make_dpo_loss from a `dpo` config section (dpo_defaults())."""
     if dpo.reference not in REFERENCES:
         raise ValueError(f"dpo.reference={dpo.reference!r}: expected one of {REFERENCES}")
-    return make_dpo_loss(
+    return make_loss(
+        "weighted_dpo",
         beta=float(dpo.beta),
         label_smoothing=float(dpo.label_smoothing),
         normalize=str(dpo.normalize),
@@ -299,12 +287,8 @@ def loss_from_config(
     )
 
 
-def _weighted_dpo_factory(**kw) -> LossFn:
-    return make_dpo_loss(**kw)
-
-
-#: Losses of this module by name (to be merged into the training core's registry).
-LOSSES: dict[str, Callable[..., LossFn]] = {"weighted_dpo": _weighted_dpo_factory}
+#: This module's entries of the shared registry (storm_jax.train.losses.LOSSES), by name.
+LOSSES: dict[str, Callable[..., LossFn]] = {"weighted_dpo": make_dpo_loss}
 
 
 # ----------------------------------------------------------------------------------------------------------
