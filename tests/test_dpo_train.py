@@ -105,6 +105,7 @@ def test_train_dpo_as_a_library_function_two_rounds(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # two compiles, one of them for 8 devices
 def test_one_step_on_a_2x2x2_mesh_equals_single_device(tmp_path):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (fake) devices")
@@ -160,7 +161,7 @@ def write_rows(path, rows):
     return str(path)
 
 
-@pytest.mark.parametrize("reference", ["precomputed", "on_the_fly"])
+@pytest.mark.parametrize("reference", ["precomputed", pytest.param("on_the_fly", marks=pytest.mark.slow)])
 def test_sigkill_then_resume_is_exact(tmp_path, reference):
     from storm_jax.train.setup import load_run_state
 
