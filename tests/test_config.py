@@ -113,3 +113,28 @@ def test_mesh_rules_are_config_data():
     for key in ("rules", "sampler_rules"):
         with pytest.raises(ConfigError, match=rf"mesh\.{key}='nosuch': unknown rules preset"):
             load_config("tiny_cpu", [f"mesh.{key}=nosuch"], num_devices=1)
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("dpo.beta=0", "dpo.beta: must be > 0"),
+        ("dpo.label_smoothing=0.5", "dpo.label_smoothing"),
+        ("dpo.normalize=tokens", "dpo.normalize"),
+        ("dpo.reference=precompute", "dpo.reference"),
+        ("dpo.ref_batch_pairs=3", "dpo.ref_batch_pairs: 3 is not divisible by data*fsdp=2"),
+        ("data.overlong=cut", "data.overlong"),
+    ],
+)
+def test_dpo_keys_are_validated_by_name(override, needle):
+    ok = ["data.path=pairs.jsonl"]
+    cfg = load_config("steporlm_dpo:tiny", ok, num_devices=2)
+    assert cfg.recipe == "dpo" and cfg.dpo.reference == "precomputed"
+    with pytest.raises(ConfigError, match=needle.replace("*", r"\*")):
+        load_config("steporlm_dpo:tiny", [*ok, override], num_devices=2)
+
+
+def test_dpo_config_roundtrips_through_config_json(tmp_path):
+    cfg = load_config("steporlm_dpo:tiny", ["data.path=p.jsonl", "dpo.beta=0.25", "dpo.reference=on_the_fly"])
+    back = config_from_json(save_config(cfg, tmp_path))
+    assert back.recipe == "dpo" and back.dpo.beta == 0.25 and back.dpo.reference == "on_the_fly"
