@@ -29,9 +29,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("storm_jax.pipeline", "run the STORM recipe end to end: SFT -> score -> GRPO -> score"),
     "calm": ("storm_jax.calm.cli", "CALM data curation: reasoner + intervener hints -> golden SFT rows"),
     "warmup-data": ("storm_jax.steporlm.warmup_cli", "StepORLM warm-up: teacher solutions, solver-verified"),
-    "serve": ("storm_jax.serve.cli", "OpenAI-compatible server (chat/completions, streaming, optional tools)"),
-    "eval": ("storm_jax.eval.eval_cli", "evaluate: rollouts with tools + scoring per benchmark; merge, compare"),
-    "tpu": ("storm_jax.tpu", "TPU pods: queued-resource create, setup, sync, run on all workers (resumes), stop"),
+    "serve": (
+        "storm_jax.serve.cli",
+        "OpenAI-compatible server (chat/completions, streaming, optional tools)",
+    ),
+    "eval": (
+        "storm_jax.eval.eval_cli",
+        "evaluate: rollouts with tools + scoring per benchmark; merge, compare",
+    ),
+    "tpu": (
+        "storm_jax.tpu",
+        "TPU pods: queued-resource create, setup, sync, run on all workers (resumes), stop",
+    ),
     "evolve": ("storm_jax.steporlm.evolve_cli", "StepORLM: the self-evolving policy <-> GenPRM loop"),
     "genprm": ("storm_jax.steporlm.genprm_cli", "StepORLM GenPRM: `genprm score` critiques trajectories"),
 }
