@@ -149,10 +149,8 @@ def main(argv: list[str]) -> int:
         )
     except UsageError as e:
         return fail(PROG, str(e))
-    import jax
     from tqdm import tqdm
 
-    from storm_jax.models.qwen import ModelConfig, init_params
     from storm_jax.sampling.rollout import RolloutConfig, RolloutRequest, rollout
     from storm_jax.sampling.sampler import EngineConfig, SamplingParams
     from storm_jax.tokenizer import encode_prompt, eos_ids, load_tokenizer
@@ -170,17 +168,9 @@ def main(argv: list[str]) -> int:
     if args.max_len and args.max_len <= longest:
         return fail(PROG, f"--max-len {args.max_len}: the longest prompt has {longest} tokens")
     if args.random_tiny:
-        cfg = ModelConfig(
-            vocab_size=151936,
-            hidden_size=64,
-            intermediate_size=128,
-            num_layers=2,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=16,
-            dtype=args.dtype,
-        )
-        params = init_params(cfg, jax.random.key(args.seed))
+        from storm_jax.models.tiny import random_tiny
+
+        cfg, params = random_tiny(args.dtype, args.seed)
     else:
         from storm_jax.models.hf import CheckpointError, load_hf_checkpoint
 

@@ -30,49 +30,19 @@ from collections.abc import Sequence
 
 from storm_jax.execution.answers import python_blocks
 
-#: The nine default step titles.
-STEP_TITLES: tuple[str, ...] = (
-    "Problem Description",
-    "Sets and Parameters",
-    "Decision Variables",
-    "Objective Function",
-    "Constraints",
-    "Mathematical Model",
-    "Nonlinear Relationships",
-    "Final Model",
-    "Python Code",
+# The titles, prompt and program extraction are the policy format's (one definition, policy_format.py); this
+# module adds the stricter checks a teacher's warm-up solution must pass (numbered, closed steps).
+from storm_jax.steporlm.policy_format import (  # noqa: F401 - re-exported for the warm-up generator
+    STEP_TITLES,
+    SYSTEM_PROMPT,
+    final_program,
+    format_instructions,
+    policy_messages,
 )
 
 STEP_OPEN, STEP_CLOSE = "<step>", "</step>"
 _STEP_RE = re.compile(r"<step>(.*?)(?:</step>|\Z)", re.DOTALL)
 _TITLE_RE = re.compile(r"^\s*Step\s+(\d+)\s*[:.\-]\s*(.+?)\s*$")
-
-SYSTEM_PROMPT = (
-    "You are an expert in operations research. Solve the problem step by step in the required format, "
-    "ending with a Python program that uses pyomo with the HiGHS solver (SolverFactory('appsi_highs')) and "
-    "prints the optimal objective as `OBJECTIVE: <value>` (or `OBJECTIVE: infeasible`). After the last "
-    "step, give the optimal objective value in \\boxed{}."
-)
-
-
-def format_instructions(titles: Sequence[str] = STEP_TITLES) -> str:
-    """The layout the policy is asked to follow."""
-    lines = [f"Write exactly {len(titles)} steps, in this order, each wrapped in <step> and </step>, each "
-             "starting with the line `Step k: <title>`:"]  # fmt: skip
-    lines += [f"  Step {k}: {t}" for k, t in enumerate(titles, 1)]
-    lines.append(
-        f"Step {len(titles)} holds the complete program in one ```python block. If a step does not apply "
-        "(e.g. no nonlinear relationships), say so in one line. Finish with \\boxed{<optimal objective>}."
-    )
-    return "\n".join(lines)
-
-
-def policy_messages(
-    question: str, titles: Sequence[str] = STEP_TITLES, system: str = SYSTEM_PROMPT
-) -> list[dict]:
-    """The chat prompt of the StepORLM policy (and of a teacher writing warm-up solutions)."""
-    user = f"{question.strip()}\n\n{format_instructions(titles)}"
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +86,3 @@ def format_problems(text: str, titles: Sequence[str] = STEP_TITLES) -> list[str]
     if "\\boxed{" not in tail:
         problems.append("no \\boxed{} answer after the last step")
     return problems
-
-
-def final_program(text: str) -> str | None:
-    """The code of the last ```python block of the solution, or None."""
-    blocks = python_blocks(text)
-    return blocks[-1] if blocks else None
