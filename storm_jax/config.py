@@ -168,6 +168,10 @@ def grpo_defaults() -> ml_collections.ConfigDict:
     g.aggregation = "token_mean"  # token_mean | seq_mean_token_mean | constant
     g.mask_truncated = False
     g.drop_zero_variance = False
+    # DAPO dynamic sampling (storm_jax/train/dynamic_sampling.py): draw more problems until the step holds
+    # problems_per_step groups with non-zero reward variance, at most max_draws_per_step problems a step
+    g.dynamic_sampling = False
+    g.max_draws_per_step = 0  # 0 = 4 x problems_per_step
     g.shuffle_rewards = False  # control experiment: permute rewards across the batch
     g.old_logprobs = "sampler"  # sampler (raw-model log-probs from generation) | trainer (recompute)
     g.num_slots = 16  # sampler decode slots
@@ -505,6 +509,15 @@ def _validate_grpo(g: ml_collections.ConfigDict, fail) -> None:
     n = g.problems_per_step * g.group_size
     if g.minibatch_size and n % g.minibatch_size:
         fail("grpo.minibatch_size", f"{g.minibatch_size} does not divide problems_per_step*group_size={n}")
+    if int(g.max_draws_per_step) < 0:
+        fail(
+            "grpo.max_draws_per_step", f"must be >= 0 (0 = 4 x problems_per_step), got {g.max_draws_per_step}"
+        )
+    if g.dynamic_sampling and g.max_draws_per_step and g.max_draws_per_step < g.problems_per_step:
+        fail(
+            "grpo.max_draws_per_step",
+            f"{g.max_draws_per_step} is below grpo.problems_per_step={g.problems_per_step} (no room to draw more)",
+        )
     if g.max_response_tokens >= g.max_len:
         fail(
             "grpo.max_len",

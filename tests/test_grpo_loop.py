@@ -163,6 +163,19 @@ def _ckpt_ref(cfg, rules, step, like):
         ckpt.close()
 
 
+def _ckpt_data_state(cfg, rules, step):
+    """The problem sampler state stored in the run's checkpoint `step`."""
+    from storm_jax.train.checkpoint import make_checkpointer
+    from storm_jax.train.setup import build_setup
+
+    setup = build_setup(cfg, mesh_rules=rules)
+    ckpt = make_checkpointer(str(cfg.workdir), cfg.checkpoint, async_save=False)
+    try:
+        return ckpt.restore(setup.restore_target, step=step).data_state
+    finally:
+        ckpt.close()
+
+
 def test_train_grpo_keeps_ref_params_in_checkpoints_and_reports_zero_variance(tmp_path):
     """A random policy never answers: every group has zero reward variance, and the console says so. The
     reference params are the starting params, saved in each checkpoint and restored on resume (a resume given
@@ -172,7 +185,8 @@ def test_train_grpo_keeps_ref_params_in_checkpoints_and_reports_zero_variance(tm
     from storm_jax.train.grpo import train_grpo
     from storm_jax.train.setup import make_mesh_rules, resolve_model_config
 
-    cfg = _grpo_cfg(tmp_path, 2)
+    cfg = _grpo_cfg(tmp_path, 2, **{"grpo.max_draws_per_step": 3})
+    assert cfg.grpo.dynamic_sampling and cfg.grpo.drop_zero_variance  # the recipe's DAPO defaults
     rules = make_mesh_rules(cfg, jax.devices()[:1])
     mc = resolve_model_config(cfg)
     sh = jax.sharding.NamedSharding(rules.mesh, jax.sharding.PartitionSpec())
@@ -185,13 +199,17 @@ def test_train_grpo_keeps_ref_params_in_checkpoints_and_reports_zero_variance(tm
     assert any("2 of 2 steps had only zero-variance groups" in s for s in lines), lines
     rows = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["zero_variance_groups"], r["groups"]) for r in rows] == [(2.0, 2.0), (2.0, 2.0)]
+    # dynamic sampling drew to the cap each step (3 problems), kept none with variance
+    assert [(r["groups_drawn"], r["groups_kept"], r["filtered_share"]) for r in rows] == [(3.0, 0.0, 1.0)] * 2
+    assert _ckpt_data_state(cfg, rules, 2) == {"epoch": 0, "pos": 6}  # every draw is in the checkpoint
     for a, b in zip(jax.tree.leaves(_ckpt_ref(cfg, rules, 2, p0)), jax.tree.leaves(p0)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
     other = jax.tree.map(lambda x: x + 1.0, p0)
     lines.clear()
-    out = train_grpo(_grpo_cfg(tmp_path, 3), tokenizer=tok, executor=_Echo(), params=other, mesh_rules=rules,
+    out = train_grpo(_grpo_cfg(tmp_path, 3, **{"grpo.max_draws_per_step": 3}), tokenizer=tok, executor=_Echo(), params=other, mesh_rules=rules,
                      echo=lines.append)  # fmt: skip
     assert out["step"] == 3 and any("resumed" in s and "at step 2" in s for s in lines), lines
     for a, b in zip(jax.tree.leaves(_ckpt_ref(cfg, rules, 3, p0)), jax.tree.leaves(p0)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the saved reference, not `other`
+    assert _ckpt_data_state(cfg, rules, 3) == {"epoch": 0, "pos": 9}  # resumed from the saved sampler state

@@ -65,6 +65,10 @@ def get_config(arg: str | None = None):
     g.epsilon = 1e-4  # GUESS
     g.answer_from = "boxed"
     g.aggregation = "token_mean"
+    # DAPO: zero-variance groups carry no gradient, so they are filtered and the step draws more problems
+    g.drop_zero_variance = True
+    g.dynamic_sampling = True
+    g.max_draws_per_step = 64  # GUESS: 4 x problems_per_step, bounds a step's rollout cost
     g.num_slots = 128
     g.decode_chunk = 64
     g.seq_bucket = 1024
@@ -90,6 +94,7 @@ def tiny(c) -> None:
     g.steps = 6
     g.problems_per_step = 4
     g.group_size = 4
+    g.max_draws_per_step = 16
     g.minibatch_size = 0
     g.temperature = 1.0
     g.top_p = 1.0

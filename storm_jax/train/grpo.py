@@ -38,6 +38,7 @@ from storm_jax.rewards import DEFAULT_CONFIG, ScoringConfig, is_correct
 from storm_jax.sampling.rollout import RolloutConfig, RolloutRequest, Trajectory, rollout
 from storm_jax.sampling.sampler import EngineConfig, Sampler, SamplingParams
 from storm_jax.train import grpo_multihost
+from storm_jax.train.dynamic_sampling import Group, ProblemBatches, ProblemSampler, collect_groups
 from storm_jax.train.grpo_loss import GRPOLossConfig, estimate_advantages
 from storm_jax.train.loop import FAULT_ENV, loop_options, run_loop
 from storm_jax.train.losses import batch_logprobs, make_loss
@@ -76,35 +77,6 @@ def load_problems(path: str, system_prompt: str = "") -> list[Problem]:
         Problem(r.id, tuple(verify.problem_messages(r.question, system_prompt)), r.answer, r.answer_status)
         for r in rows
     ]
-
-
-class ProblemSampler:
-    """Seeded epoch permutations of problem indices; its state goes into checkpoints."""
-
-    def __init__(self, n: int, seed: int):
-        if n <= 0:
-            raise ValueError("no problems to sample from")
-        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
-
-    def _perm(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-
-    def next(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            perm = self._perm()
-            take = min(k - len(out), self.n - self.pos)
-            out.extend(int(i) for i in perm[self.pos : self.pos + take])
-            self.pos += take
-            if self.pos == self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-        return out
-
-    def get_state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def set_state(self, state: dict) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,30 +230,13 @@ def engine_config(g: ml_collections.ConfigDict) -> EngineConfig:
     return EngineConfig(num_slots=g.num_slots, max_len=g.max_len, chunk_size=g.decode_chunk)
 
 
-class ProblemBatches:
-    """The loop's iterator for GRPO: each item is the next `per_step` problem indices of a ProblemSampler."""
-
-    def __init__(self, sampler: ProblemSampler, per_step: int):
-        self.sampler, self.per_step = sampler, per_step
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> list[int]:
-        return self.sampler.next(self.per_step)
-
-    def get_state(self) -> dict:
-        return self.sampler.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self.sampler.set_state(state)
-
-
 class History:
-    """Per-step reward mean and pass rate (checkpointed: a resumed run's curve covers every step)."""
+    """Per-step reward mean, pass rate and dynamic-sampling counts (checkpointed: a resumed run's curve covers
+    every step)."""
 
     def __init__(self):
-        self.values: dict[str, list[float]] = {"reward": [], "pass_rate": []}
+        keys = ("reward", "pass_rate", "groups_drawn", "groups_kept")
+        self.values: dict[str, list[float]] = {k: [] for k in keys}
 
     def get_state(self) -> dict:
         return {k: list(v) for k, v in self.values.items()}  # a copy: an async save may serialize it later
@@ -315,7 +270,8 @@ def train_grpo(
 
     Starts from `params` (else cfg.init_from_hf / init_from_params / a seeded init) unless the workdir has a
     checkpoint. With kl_beta > 0 the starting params are the reference, kept in every checkpoint.
-    Returns {"step", "curve": [per-step reward mean], "pass_curve", "params", "state", "metrics"}.
+    Returns {"step", "curve": [per-step reward mean], "pass_curve", "groups_drawn", "groups_kept", "params",
+    "state", "metrics"}.
     """
     from storm_jax.config import save_config
     from storm_jax.parallel.multihost import ensure_initialized
@@ -382,23 +338,44 @@ def train_grpo(
                 Sampler(sampler_params, model_cfg, engine_config(g), mesh_rules=weights.mesh_rules)
             )
         t0 = time.perf_counter()
-        lo, hi = grpo_multihost.local_share(len(idx))
-        reqs = [
-            RolloutRequest(
-                prompt_ids(i), n=G, seed=int(cfg.seed * 1_000_003 + step * 1009 + k), meta={"problem": i}
-            )
-            for k, i in enumerate(idx)
-            if lo <= k < hi  # k stays the global index: the seeds do not depend on the process count
-        ]
-        trajs = rollout(sampler_params, model_cfg, tokenizer, reqs, rcfg, executor, sampler=sampler[0])
+        first = [list(idx)]  # the loop's draw; further rounds draw from the same (checkpointed) sampler
+        local_trajs: list[Trajectory] = []  # this process's rollouts of every round (for the global stats)
+
+        def draw(k: int) -> list[int]:
+            return first.pop()[:k] if first else batches.sampler.next(k)
+
+        def roll(ids: list[int], offset: int) -> list[Group]:
+            # Every process draws the same problems and rolls out its contiguous share of them; the gather
+            # gives every process all groups, so the keep/draw-more decision is the same everywhere.
+            lo, hi = grpo_multihost.local_share(len(ids))
+            reqs = [
+                RolloutRequest(
+                    prompt_ids(i), n=G, seed=int(cfg.seed * 1_000_003 + step * 1009 + offset + k),
+                    meta={"problem": i},
+                )  # k + offset stays the step's global draw index: seeds do not depend on the process count
+                for k, i in enumerate(ids)
+                if lo <= k < hi
+            ]  # fmt: skip
+            got = rollout(sampler_params, model_cfg, tokenizer, reqs, rcfg, executor, sampler=sampler[0])
+            got = sorted(got, key=lambda t: (t.group, t.sample_index))
+            r, c = compute_rewards(
+                got, [problems[ids[lo + t.group]] for t in got], protocol=g.protocol, scoring=scoring,
+                answer_from=g.answer_from, format_reward=g.format_reward,
+            )  # fmt: skip
+            local_trajs.extend(got)
+            got, r, c = grpo_multihost.gather_rollouts(got, r, c, group_offset=lo)
+            return [Group(i, got[k * G : (k + 1) * G], r[k * G : (k + 1) * G], c[k * G : (k + 1) * G])
+                    for k, i in enumerate(ids)]  # fmt: skip
+
+        col = collect_groups(
+            draw, roll, target=P, max_draws=g.max_draws_per_step or 4 * P, dynamic=g.dynamic_sampling
+        )
         t_roll = time.perf_counter() - t0
-        probs = [problems[idx[lo + t.group]] for t in trajs]
-        rewards, correct = compute_rewards(
-            trajs, probs, protocol=g.protocol, scoring=scoring, answer_from=g.answer_from,
-            format_reward=g.format_reward,
-        )  # fmt: skip
-        roll_stats = grpo_multihost.global_rollout_stats(trajs)
-        trajs, rewards, correct = grpo_multihost.gather_rollouts(trajs, rewards, correct, group_offset=lo)
+        roll_stats = grpo_multihost.global_rollout_stats(local_trajs)
+        trajs = [t for gr in col.groups for t in gr.trajs]
+        rewards = np.concatenate([gr.rewards for gr in col.groups])
+        correct = np.concatenate([gr.correct for gr in col.groups])
+        idx = [gr.problem for gr in col.groups]  # the problems the step trains on
         if g.shuffle_rewards:  # control experiment: rewards carry no information about the trajectory
             rewards = np.random.default_rng([cfg.seed, step, 7]).permutation(rewards)
         adv = estimate_advantages(
@@ -449,15 +426,20 @@ def train_grpo(
         out.update(
             groups=float(adv.n_groups),
             zero_variance_groups=float(adv.n_zero_variance_groups),
-            reward_mean=float(rewards.mean()),
-            pass_rate=float(correct.mean()),
+            # over every rollout the step drew: the policy's reward, not the (variance-selected) kept groups'
+            reward_mean=float(col.drawn_rewards.mean()),
+            pass_rate=float(col.drawn_correct.mean()),
+            kept_reward_mean=float(rewards.mean()),
+            kept_pass_rate=float(correct.mean()),
             logprob_mismatch_max=mismatch,
             time_rollout_s=t_roll,
             time_train_s=time.perf_counter() - t1,
             seq_len=float(seq_len),
         )
-        history.values["reward"].append(float(rewards.mean()))
-        history.values["pass_rate"].append(float(correct.mean()))
+        out.update(col.metrics())
+        for key, v in (("reward", out["reward_mean"]), ("pass_rate", out["pass_rate"]),
+                       ("groups_drawn", out["groups_drawn"]), ("groups_kept", out["groups_kept"])):  # fmt: skip
+            history.values.setdefault(key, []).append(v)
         return state, out
 
     flat_steps: list[int] = []
@@ -488,6 +470,7 @@ def train_grpo(
         with open(os.path.join(cfg.workdir, "reward_curve.json"), "w") as f:
             json.dump(history.values, f)
     return {"step": res.step, "curve": history.values["reward"], "pass_curve": history.values["pass_rate"],
+            "groups_drawn": history.values.get("groups_drawn", []), "groups_kept": history.values.get("groups_kept", []),
             "params": res.state.params, "state": res.state, "metrics": res.metrics}  # fmt: skip
 
 
