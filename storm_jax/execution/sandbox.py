@@ -22,7 +22,9 @@ program ``<program>``), since the output is shown to the model and kept in its t
 
 from __future__ import annotations
 
+import _signal
 import ctypes
+import fcntl
 import gc
 import json
 import os
@@ -51,6 +53,7 @@ PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG = (
     sandbox_kernel.PR_SET_PDEATHSIG,
 )
 landlock_abi, landlock_restrict = sandbox_kernel.landlock_abi, sandbox_kernel.landlock_restrict
+LandlockRules, landlock_restrict_self = sandbox_kernel.LandlockRules, sandbox_kernel.landlock_restrict_self
 become_uid, seccomp_block_network = sandbox_kernel.become_uid, sandbox_kernel.seccomp_block_network
 descendants, system_read_dirs = sandbox_kernel.descendants, sandbox_kernel.system_read_dirs
 classify, run_program = sandbox_io.classify, sandbox_program.run_program
@@ -66,6 +69,12 @@ LAYERS = ("group_kill", "stray_sweep", "subreaper")
 
 # --- the worker ---------------------------------------------------------------------------------------------
 
+# Output pipes of a program get this big a buffer, and the worker empties them every _READ_TICK_S
+# while it prints, backing off to _READ_TICK_MAX_S while it does not (and at its exit): up to 50 MB/s
+# of output before a program waits on the worker.
+_PIPE_BYTES = 1 << 20
+_READ_TICK_S = 0.02
+_READ_TICK_MAX_S = 0.16
 _SETUP_FAILED = 125  # exit code of a child whose sandbox setup failed (before any program code ran)
 _WARM_MODEL = """
 import pyomo.environ as pyo
@@ -109,8 +118,10 @@ class Worker:
         self.uid: int | None = None
         self.fs_root = False
         self.highs_scheduler = False  # children inherit a started single-thread HiGHS scheduler
+        self._big_pipes = False  # this execution's output pipes got _PIPE_BYTES (see _supervise)
         self.landlock = 0
         self.read_dirs: list[str] | None = None
+        self.landlock_rules: LandlockRules | None = None  # read dirs opened once (see execute)
         self.disabled = frozenset(cfg.get("disabled_layers", ()))
         unknown = self.disabled - set(LAYERS)
         if unknown:
@@ -138,6 +149,11 @@ class Worker:
             self.isolation[layer] = "disabled"
         # After the preload: imports may add import roots.
         self.host_paths = HostPaths.of_interpreter().with_dirs({self.tmp_base: "tmp"})
+        # From now on the worker's own environment is the programs': a child inherits it as it is, and
+        # only HOME, TMPDIR and PWD change per execution (set before the fork, see execute).
+        env = self._program_env(self.tmp_base)
+        os.environ.clear()
+        os.environ.update(env)
 
     def _probe(self, fn) -> str | None:
         """Run fn() in a throwaway child; None if it succeeded, else the error text."""
@@ -228,6 +244,7 @@ class Worker:
             return
         self.landlock = abi
         self.read_dirs = read_dirs
+        self.landlock_rules = LandlockRules(abi, read_dirs)
         self.isolation["fs"] = "landlock"
         self.isolation["fs_read"] = "landlock" if read_dirs is not None else "none"
         self.isolation["landlock_abi"] = abi
@@ -294,17 +311,32 @@ class Worker:
                 os.chmod(tmp, 0o777)
             else:
                 os.chown(tmp, self.uid, self.uid)
+        # What does not need the child is done here, before the fork: in the child every page it
+        # touches is copied on write, here most are the worker's own already.
+        for k in ("HOME", "TMPDIR", "PWD"):
+            os.environ[k] = tmp
+        ruleset: int | OSError | None = None
+        if self.landlock_rules is not None:
+            try:
+                ruleset = self.landlock_rules.ruleset([tmp])
+            except OSError as e:  # reported by the child as a sandbox setup failure
+                ruleset = e
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         st_r, st_w = os.pipe()
+        self._big_pipes = self._grow_pipe(out_r) and self._grow_pipe(err_r)
         sys.stdout.flush()
         sys.stderr.flush()
         t0 = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            self._child(req["code"], lim, tmp, out_w, err_w, st_w)  # never returns
-        for fd in (out_w, err_w, st_w):
-            os.close(fd)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(req["code"], lim, tmp, ruleset, out_w, err_w, st_w)  # never returns
+        finally:
+            if isinstance(ruleset, int):
+                os.close(ruleset)
+            for fd in (out_w, err_w, st_w):
+                os.close(fd)
         try:
             return self._supervise(pid, t0, lim, tmp, out_r, err_r, st_r)
         finally:
@@ -312,25 +344,41 @@ class Worker:
                 os.close(fd)
             self._rmtree(tmp)
 
-    def _child(self, code: str, lim: dict, tmp: str, out_w: int, err_w: int, st_w: int) -> None:
+    @staticmethod
+    def _grow_pipe(fd: int) -> bool:
+        """Give a pipe a _PIPE_BYTES buffer; False if the kernel refuses (then the worker reads it at once)."""
+        try:
+            return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES) >= _PIPE_BYTES
+        except (AttributeError, OSError):
+            return False
+
+    @staticmethod
+    def _program_env(tmp: str) -> dict[str, str]:
+        """The program's environment: the worker's (already scrubbed) locale and path, thread counts."""
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+        env.update(HOME=tmp, TMPDIR=tmp, PWD=tmp, PYTHONUNBUFFERED="1")
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_ARENA_MAX"):
+            if k in os.environ:
+                env[k] = os.environ[k]
+        return env
+
+    def _child(self, code: str, lim: dict, tmp: str, ruleset, out_w: int, err_w: int, st_w: int) -> None:
         status_fd = st_w
         try:
             os.setsid()
+            prctl(PR_SET_NO_NEW_PRIVS, 1)
+            if ruleset is not None:  # Landlock first: the ruleset's fd may be one that dup2 reuses below
+                if isinstance(ruleset, OSError):
+                    raise ruleset
+                landlock_restrict_self(ruleset)
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             os.dup2(st_w, 3)
             status_fd = 3
-            os.closerange(4, 1 << 20)
-            os.chdir(tmp)
-            env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
-            env.update(HOME=tmp, TMPDIR=tmp, PWD=tmp, PYTHONUNBUFFERED="1")
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_ARENA_MAX"):
-                if k in os.environ:
-                    env[k] = os.environ[k]
-            os.environ.clear()
-            os.environ.update(env)
+            os.closerange(4, 1 << 20)  # the worker's pipes, the ruleset, the Landlock rules' dirs
+            os.chdir(tmp)  # the environment is the worker's, made the program's in setup and execute
             tempfile.tempdir = tmp
             setr = resource.setrlimit
             cpu = int(lim["cpu_s"] + 0.999)
@@ -339,18 +387,15 @@ class Worker:
             setr(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
             setr(resource.RLIMIT_FSIZE, (lim["fsize_bytes"], lim["fsize_bytes"]))
             setr(resource.RLIMIT_CORE, (0, 0))
-            prctl(PR_SET_NO_NEW_PRIVS, 1)
             if self.isolation["network"] == "seccomp":
                 seccomp_block_network()
-            if self.landlock:
-                landlock_restrict(self.landlock, [tmp], self.read_dirs)
             if self.uid is not None:
                 become_uid(self.uid, self.fs_root)
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
             if os.getppid() != self.pid:  # the worker died before the line above
                 os._exit(_SETUP_FAILED)
             sys.argv = ["main.py"]
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _signal.signal(signal.SIGINT, signal.default_int_handler)  # signal.signal's enum wrapping costs
             if self.highs_scheduler and "threads" in code:
                 # The program may set HiGHS's "threads" option, and HiGHS refuses a count other than
                 # the running scheduler's: give it none, as in a fresh process (its first solve starts
@@ -373,35 +418,65 @@ class Worker:
         except (AttributeError, OSError):
             pidfd = None
         streams = {out_r: out, err_r: err}
-        for fd in streams:
-            poller.register(fd, select.POLLIN)
+        # Batched reads: with a pidfd and big pipes, wake at the child's exit or every _READ_TICK_S to
+        # empty the pipes, not at each write (an unbuffered print() is several writes, and each wake-up
+        # of the worker takes CPU from the programs); else wake at each write, as a full 64 KiB pipe
+        # would stall the program.
+        batched = pidfd is not None and self._big_pipes
+        if batched:
+            for fd in streams:
+                os.set_blocking(fd, False)
+        else:
+            for fd in streams:
+                poller.register(fd, select.POLLIN)
         if pidfd is not None:
             poller.register(pidfd, select.POLLIN)
         reason = None  # why we killed it, if we did
         wait_status = rusage = None
         open_fds = set(streams)
+        read_tick = _READ_TICK_S
         while True:
             now = time.monotonic()
             if now >= deadline:
                 reason = "timeout"
                 break
-            tick = deadline - now if pidfd is not None else min(deadline - now, 0.005)
+            if batched:
+                tick = min(deadline - now, read_tick)
+            else:
+                tick = deadline - now if pidfd is not None else min(deadline - now, 0.005)
+            exited = pidfd is None  # without a pidfd: poll the child's status every tick
+            ready = []
             for fd, _ev in poller.poll(max(tick, 0) * 1000):
                 if fd == pidfd:
-                    continue
-                data = os.read(fd, 1 << 16)
-                if data:
-                    streams[fd].add(data)
+                    exited = True
                 else:
-                    poller.unregister(fd)
-                    open_fds.discard(fd)
+                    ready.append(fd)
+            if batched:  # back off while the program prints nothing (up to _READ_TICK_MAX_S)
+                before = out.total + err.total
+            for fd in list(open_fds) if batched else ready:
+                try:
+                    while data := os.read(fd, 1 << 16):
+                        streams[fd].add(data)
+                        if not batched:
+                            break  # one read per wake-up: the pipe is polled again at once
+                    else:  # EOF
+                        if not batched:
+                            poller.unregister(fd)
+                        open_fds.discard(fd)
+                except BlockingIOError:
+                    pass
+            if batched:
+                read_tick = (
+                    _READ_TICK_S if out.total + err.total > before else min(2 * read_tick, _READ_TICK_MAX_S)
+                )
             if out.total + err.total > lim["max_output_bytes"]:
                 reason = "output"
                 break
-            wpid, wstatus, ru = os.wait4(pid, os.WNOHANG)
-            if wpid == pid:
-                wait_status, rusage = wstatus, ru
-                break
+            if exited:
+                wpid, wstatus, ru = os.wait4(pid, os.WNOHANG)
+                if wpid == pid:
+                    wait_status, rusage = wstatus, ru
+                    break
         end = time.monotonic()
         if wait_status is None:
             if "group_kill" not in self.disabled:
@@ -507,6 +582,14 @@ class Worker:
         return rounds
 
     def _rmtree(self, path: str) -> None:
+        try:
+            os.rmdir(path)  # most programs leave their temp dir empty
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass
+
         def fix_and_retry(func, p, _exc):
             try:
                 os.chmod(os.path.dirname(p), 0o700)
