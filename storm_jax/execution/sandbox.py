@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import _signal
 import ctypes
-import fcntl
 import gc
 import json
 import os
@@ -69,12 +68,6 @@ LAYERS = ("group_kill", "stray_sweep", "subreaper")
 
 # --- the worker ---------------------------------------------------------------------------------------------
 
-# Output pipes of a program get this big a buffer, and the worker empties them every _READ_TICK_S
-# while it prints, backing off to _READ_TICK_MAX_S while it does not (and at its exit): up to 50 MB/s
-# of output before a program waits on the worker.
-_PIPE_BYTES = 1 << 20
-_READ_TICK_S = 0.02
-_READ_TICK_MAX_S = 0.16
 _SETUP_FAILED = 125  # exit code of a child whose sandbox setup failed (before any program code ran)
 _WARM_MODEL = """
 import pyomo.environ as pyo
@@ -118,7 +111,6 @@ class Worker:
         self.uid: int | None = None
         self.fs_root = False
         self.highs_scheduler = False  # children inherit a started single-thread HiGHS scheduler
-        self._big_pipes = False  # this execution's output pipes got _PIPE_BYTES (see _supervise)
         self.landlock = 0
         self.read_dirs: list[str] | None = None
         self.landlock_rules: LandlockRules | None = None  # read dirs opened once (see execute)
@@ -324,7 +316,6 @@ class Worker:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         st_r, st_w = os.pipe()
-        self._big_pipes = self._grow_pipe(out_r) and self._grow_pipe(err_r)
         sys.stdout.flush()
         sys.stderr.flush()
         t0 = time.monotonic()
@@ -343,14 +334,6 @@ class Worker:
             for fd in (out_r, err_r, st_r):
                 os.close(fd)
             self._rmtree(tmp)
-
-    @staticmethod
-    def _grow_pipe(fd: int) -> bool:
-        """Give a pipe a _PIPE_BYTES buffer; False if the kernel refuses (then the worker reads it at once)."""
-        try:
-            return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES) >= _PIPE_BYTES
-        except (AttributeError, OSError):
-            return False
 
     @staticmethod
     def _program_env(tmp: str) -> dict[str, str]:
@@ -418,61 +401,34 @@ class Worker:
         except (AttributeError, OSError):
             pidfd = None
         streams = {out_r: out, err_r: err}
-        # Batched reads: with a pidfd and big pipes, wake at the child's exit or every _READ_TICK_S to
-        # empty the pipes, not at each write (an unbuffered print() is several writes, and each wake-up
-        # of the worker takes CPU from the programs); else wake at each write, as a full 64 KiB pipe
-        # would stall the program.
-        batched = pidfd is not None and self._big_pipes
-        if batched:
-            for fd in streams:
-                os.set_blocking(fd, False)
-        else:
-            for fd in streams:
-                poller.register(fd, select.POLLIN)
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
         if pidfd is not None:
             poller.register(pidfd, select.POLLIN)
         reason = None  # why we killed it, if we did
         wait_status = rusage = None
         open_fds = set(streams)
-        read_tick = _READ_TICK_S
         while True:
             now = time.monotonic()
             if now >= deadline:
                 reason = "timeout"
                 break
-            if batched:
-                tick = min(deadline - now, read_tick)
-            else:
-                tick = deadline - now if pidfd is not None else min(deadline - now, 0.005)
+            tick = deadline - now if pidfd is not None else min(deadline - now, 0.005)
             exited = pidfd is None  # without a pidfd: poll the child's status every tick
-            ready = []
             for fd, _ev in poller.poll(max(tick, 0) * 1000):
                 if fd == pidfd:
                     exited = True
+                    continue
+                data = os.read(fd, 1 << 16)
+                if data:
+                    streams[fd].add(data)
                 else:
-                    ready.append(fd)
-            if batched:  # back off while the program prints nothing (up to _READ_TICK_MAX_S)
-                before = out.total + err.total
-            for fd in list(open_fds) if batched else ready:
-                try:
-                    while data := os.read(fd, 1 << 16):
-                        streams[fd].add(data)
-                        if not batched:
-                            break  # one read per wake-up: the pipe is polled again at once
-                    else:  # EOF
-                        if not batched:
-                            poller.unregister(fd)
-                        open_fds.discard(fd)
-                except BlockingIOError:
-                    pass
-            if batched:
-                read_tick = (
-                    _READ_TICK_S if out.total + err.total > before else min(2 * read_tick, _READ_TICK_MAX_S)
-                )
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
             if out.total + err.total > lim["max_output_bytes"]:
                 reason = "output"
                 break
-            if exited:
+            if exited:  # with a pidfd, only once it says the child has exited
                 wpid, wstatus, ru = os.wait4(pid, os.WNOHANG)
                 if wpid == pid:
                     wait_status, rusage = wstatus, ru
