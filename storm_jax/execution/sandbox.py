@@ -18,6 +18,12 @@ execution uid (atomic against fork bombs), otherwise by walking its descendants 
 subreaper, so orphans cannot escape it). Only then does it reply, so no process of a finished execution
 remains when the result is delivered. Host paths in the output become relative (tracebacks name the
 program ``<program>``), since the output is shown to the model and kept in its trajectories.
+
+What needs no child is prepared by the worker before the fork — each execution's Landlock ruleset
+(from directories opened once), the program's environment (the worker's own, set up once), the libc
+functions and structures the child calls with: every page a child writes is a copy-on-write fault
+(~3 µs here), and those faults, not the system calls, are most of what a sandboxed execution costs
+(docs/design.md#where-an-executions-time-goes).
 """
 
 from __future__ import annotations
