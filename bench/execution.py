@@ -7,15 +7,23 @@ run, plus the per-execution overhead beyond the solve itself (p50/p99: call late
 own timed body), measured one program at a time.
 
     python bench/execution.py [--n 100] [--concurrency 2] [--seed 0] [--json out.json]
+
+``--phases`` instead times where one execution's time goes (docs/design.md#where-an-executions-time-goes):
+this process becomes a worker (its own network namespace, as a worker's) and runs the programs one at
+a time, with timestamps from the worker, the child and the program itself in shared memory, and the
+page faults and CPU time of child and worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import mmap
 import os
 import random
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -191,14 +199,186 @@ def run_pool(programs: list[str], concurrency: int) -> dict:
     }
 
 
+# --phases: timestamps (perf_counter_ns) and child counters in a shared page, slot numbers below.
+_PHASES = [  # (label, from slot, to slot); slots 10/18/19 come from the program's own output
+    ("worker: temp dir, ruleset, pipes, fork()", 0, 2),
+    ("worker: execute start -> child runs", 0, 3),
+    ("child: sandbox set-up (setsid .. uid drop)", 3, 8),
+    ("  of which Landlock", 5, 6),
+    ("child: compile the program", 8, 9),
+    ("child: exec -> program's first timed line", 9, 10),
+    ("program: model building", 10, 18),
+    ("program: solve + results", 18, 19),
+    ("child: program's last line -> exec returns", 19, 11),
+    ("child exit -> worker reaps it", 11, 12),
+    ("worker: stray sweep", 12, 13),
+    ("worker: drain, classify, scrub", 13, 14),
+    ("worker: remove the temp dir", 14, 15),
+    ("worker: result to JSON", 16, 17),
+    ("TOTAL execute (incl. JSON)", 0, 17),
+]
+
+
+def run_phases(programs: list[str]) -> dict:
+    """Per-phase p50 (ms) of Worker.execute on `programs`, in this process (which becomes the worker)."""
+    import resource
+    from dataclasses import asdict
+
+    from storm_jax.execution import pool as pool_mod
+    from storm_jax.execution import sandbox as sb
+    from storm_jax.execution import sandbox_program
+
+    shm = mmap.mmap(-1, 8 * 64)
+
+    def mark(i: int) -> None:
+        struct.pack_into("q", shm, 8 * i, time.perf_counter_ns())
+
+    def counters(i: int) -> None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        struct.pack_into("qq", shm, 8 * i, r.ru_minflt, int((r.ru_utime + r.ru_stime) * 1e6))
+
+    def wrap(fn, before: int | None, after: int | None):
+        def inner(*a, **k):
+            if before is not None:
+                mark(before)
+            out = fn(*a, **k)
+            if after is not None:
+                mark(after)
+            return out
+
+        return inner
+
+    def run_program(code: str, status_fd: int = 3) -> None:  # as sandbox_program's, with marks
+        mark(8)
+        counters(30)
+        sandbox_program.linecache.cache[sandbox_program.PROGRAM_FILE] = (
+            len(code),
+            None,
+            code.splitlines(True),
+            sandbox_program.PROGRAM_FILE,
+        )
+        compiled = compile(code, sandbox_program.PROGRAM_FILE, "exec")
+        mark(9)
+        exec(compiled, {"__name__": "__main__", "__builtins__": __builtins__})
+        mark(11)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        counters(32)
+        os._exit(0)
+
+    restrict = "landlock_restrict_self" if hasattr(sb, "landlock_restrict_self") else "landlock_restrict"
+    setattr(sb, restrict, wrap(getattr(sb, restrict), 5, 6))
+    sb.run_program = run_program
+
+    class Worker(sb.Worker):
+        def _child(self, *a):
+            mark(3)
+            counters(28)
+            super()._child(*a)
+
+        def _supervise(self, *a):
+            mark(2)
+            return super()._supervise(*a)
+
+        _kill_strays = wrap(sb.Worker._kill_strays, 12, 13)
+        _rmtree = wrap(sb.Worker._rmtree, 14, 15)
+
+    env = pool_mod._scrubbed_env()
+    os.environ.clear()
+    os.environ.update(env)
+    # Standard streams as a pool worker's (started without PYTHONUNBUFFERED, not on a tty): the
+    # children inherit them, so a buffered stdout means one write per 8 KiB, not one per print().
+    sys.stdout.flush()
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), line_buffering=False)
+    sys.stderr = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(2, "w", closefd=False)), line_buffering=True, errors="backslashreplace"
+    )
+    cfg = pool_mod.ExecutionConfig()
+    wire = asdict(cfg)
+    wire["preload"], wire["disabled_layers"] = list(cfg.preload), []
+    worker = Worker(wire, -1, -1)
+    worker.setup()
+    lim = cfg.limits(None)
+    # The program reports its own timestamps: start, before the solve, end.
+    stamped = [
+        p.replace(
+            "_t0 = _time.perf_counter()\n",
+            "_t0 = _time.perf_counter()\nprint('T10', _time.perf_counter_ns())\n",
+        )
+        .replace("res = pyo.SolverFactory", "print('T18', _time.perf_counter_ns())\nres = pyo.SolverFactory")
+        .replace(
+            "_body = _time.perf_counter() - _t0\n",
+            "_body = _time.perf_counter() - _t0\nprint('T19', _time.perf_counter_ns())\n",
+        )
+        for p in programs
+    ]
+    for code in stamped[:3]:  # warm-up, not counted
+        worker.execute({"code": code, "limits": lim})
+    rows, faults, cpu = [], [], []
+    for code in stamped:
+        shm.seek(0)
+        shm.write(bytes(8 * 64))
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        mark(0)
+        raw = worker.execute({"code": code, "limits": lim})
+        mark(16)
+        json.dumps(raw)
+        mark(17)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        assert raw["status"] == "ok", raw
+        t = [struct.unpack_from("q", shm, 8 * i)[0] for i in range(34)]
+        for line in raw["stdout"].splitlines():
+            if line[:3] in ("T10", "T18", "T19"):
+                t[int(line[1:3])] = int(line.split()[1])
+        rows.append(t)
+        faults.append((t[28], t[30] - t[28], t[32] - t[30], r1.ru_minflt - r0.ru_minflt))
+        cpu.append((t[31], t[33] - t[31], r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime))
+    out = {"isolation": worker.isolation, "phases_ms": {}}
+    for label, a, b in _PHASES:
+        out["phases_ms"][label] = statistics.median([(r[b] - r[a]) / 1e6 for r in rows])
+    body = [(r[19] - r[10]) / 1e6 for r in rows]
+    out["phases_ms"]["TOTAL minus the program's timed body"] = statistics.median(
+        [(r[17] - r[0]) / 1e6 - b for r, b in zip(rows, body)]
+    )
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    out["child_faults"] = {
+        "fork -> set-up start": med([f[0] for f in faults]),
+        "set-up": med([f[1] for f in faults]),
+        "compile + program + exit path": med([f[2] for f in faults]),
+    }
+    out["worker_faults_per_execute"] = med([f[3] for f in faults])
+    out["child_cpu_ms"] = {
+        "fork -> program start": med([c[0] for c in cpu]) / 1e3,
+        "program (compile, body, flush)": med([c[1] for c in cpu]) / 1e3,
+    }
+    out["worker_cpu_ms_per_execute"] = med([c[2] for c in cpu]) * 1e3
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--phases", action="store_true", help="time the phases of one execution instead")
     args = ap.parse_args(argv)
     programs = make_programs(args.n, args.seed)
+    if args.phases:
+        res = run_phases(programs)
+        print(f"{args.n} programs one at a time in an in-process worker (p50 per program)")
+        for label, ms in res["phases_ms"].items():
+            print(f"  {label:46s} {ms:8.3f} ms")
+        print(
+            f"  child page faults {res['child_faults']}, worker faults/execute {res['worker_faults_per_execute']}"
+        )
+        print(
+            f"  child CPU ms {res['child_cpu_ms']}, worker CPU ms/execute {res['worker_cpu_ms_per_execute']:.3f}"
+        )
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+        return 0
     print(f"{args.n} random pyomo LP/MILP programs, concurrency {args.concurrency}, {os.cpu_count()} CPUs")
     pool = run_pool(programs, args.concurrency)
     print(

@@ -18,10 +18,17 @@ execution uid (atomic against fork bombs), otherwise by walking its descendants 
 subreaper, so orphans cannot escape it). Only then does it reply, so no process of a finished execution
 remains when the result is delivered. Host paths in the output become relative (tracebacks name the
 program ``<program>``), since the output is shown to the model and kept in its trajectories.
+
+What needs no child is prepared by the worker before the fork — each execution's Landlock ruleset
+(from directories opened once), the program's environment (the worker's own, set up once), the libc
+functions and structures the child calls with: every page a child writes is a copy-on-write fault
+(~3 µs here), and those faults, not the system calls, are most of what a sandboxed execution costs
+(docs/design.md#where-an-executions-time-goes).
 """
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import gc
 import json
@@ -51,6 +58,7 @@ PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG = (
     sandbox_kernel.PR_SET_PDEATHSIG,
 )
 landlock_abi, landlock_restrict = sandbox_kernel.landlock_abi, sandbox_kernel.landlock_restrict
+LandlockRules, landlock_restrict_self = sandbox_kernel.LandlockRules, sandbox_kernel.landlock_restrict_self
 become_uid, seccomp_block_network = sandbox_kernel.become_uid, sandbox_kernel.seccomp_block_network
 descendants, system_read_dirs = sandbox_kernel.descendants, sandbox_kernel.system_read_dirs
 classify, run_program = sandbox_io.classify, sandbox_program.run_program
@@ -111,6 +119,7 @@ class Worker:
         self.highs_scheduler = False  # children inherit a started single-thread HiGHS scheduler
         self.landlock = 0
         self.read_dirs: list[str] | None = None
+        self.landlock_rules: LandlockRules | None = None  # read dirs opened once (see execute)
         self.disabled = frozenset(cfg.get("disabled_layers", ()))
         unknown = self.disabled - set(LAYERS)
         if unknown:
@@ -138,6 +147,11 @@ class Worker:
             self.isolation[layer] = "disabled"
         # After the preload: imports may add import roots.
         self.host_paths = HostPaths.of_interpreter().with_dirs({self.tmp_base: "tmp"})
+        # From now on the worker's own environment is the programs': a child inherits it as it is, and
+        # only HOME, TMPDIR and PWD change per execution (set before the fork, see execute).
+        env = self._program_env(self.tmp_base)
+        os.environ.clear()
+        os.environ.update(env)
 
     def _probe(self, fn) -> str | None:
         """Run fn() in a throwaway child; None if it succeeded, else the error text."""
@@ -228,6 +242,7 @@ class Worker:
             return
         self.landlock = abi
         self.read_dirs = read_dirs
+        self.landlock_rules = LandlockRules(abi, read_dirs)
         self.isolation["fs"] = "landlock"
         self.isolation["fs_read"] = "landlock" if read_dirs is not None else "none"
         self.isolation["landlock_abi"] = abi
@@ -294,17 +309,31 @@ class Worker:
                 os.chmod(tmp, 0o777)
             else:
                 os.chown(tmp, self.uid, self.uid)
+        # What does not need the child is done here, before the fork: in the child every page it
+        # touches is copied on write, here most are the worker's own already.
+        for k in ("HOME", "TMPDIR", "PWD"):
+            os.environ[k] = tmp
+        ruleset: int | OSError | None = None
+        if self.landlock_rules is not None:
+            try:
+                ruleset = self.landlock_rules.ruleset([tmp])
+            except OSError as e:  # reported by the child as a sandbox setup failure
+                ruleset = e
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         st_r, st_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         t0 = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            self._child(req["code"], lim, tmp, out_w, err_w, st_w)  # never returns
-        for fd in (out_w, err_w, st_w):
-            os.close(fd)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(req["code"], lim, tmp, ruleset, out_w, err_w, st_w)  # never returns
+        finally:
+            if isinstance(ruleset, int):
+                os.close(ruleset)
+            for fd in (out_w, err_w, st_w):
+                os.close(fd)
         try:
             return self._supervise(pid, t0, lim, tmp, out_r, err_r, st_r)
         finally:
@@ -312,25 +341,33 @@ class Worker:
                 os.close(fd)
             self._rmtree(tmp)
 
-    def _child(self, code: str, lim: dict, tmp: str, out_w: int, err_w: int, st_w: int) -> None:
+    @staticmethod
+    def _program_env(tmp: str) -> dict[str, str]:
+        """The program's environment: the worker's (already scrubbed) locale and path, thread counts."""
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+        env.update(HOME=tmp, TMPDIR=tmp, PWD=tmp, PYTHONUNBUFFERED="1")
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_ARENA_MAX"):
+            if k in os.environ:
+                env[k] = os.environ[k]
+        return env
+
+    def _child(self, code: str, lim: dict, tmp: str, ruleset, out_w: int, err_w: int, st_w: int) -> None:
         status_fd = st_w
         try:
             os.setsid()
+            prctl(PR_SET_NO_NEW_PRIVS, 1)
+            if ruleset is not None:  # Landlock first: the ruleset's fd may be one that dup2 reuses below
+                if isinstance(ruleset, OSError):
+                    raise ruleset
+                landlock_restrict_self(ruleset)
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             os.dup2(st_w, 3)
             status_fd = 3
-            os.closerange(4, 1 << 20)
-            os.chdir(tmp)
-            env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
-            env.update(HOME=tmp, TMPDIR=tmp, PWD=tmp, PYTHONUNBUFFERED="1")
-            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_ARENA_MAX"):
-                if k in os.environ:
-                    env[k] = os.environ[k]
-            os.environ.clear()
-            os.environ.update(env)
+            os.closerange(4, 1 << 20)  # the worker's pipes, the ruleset, the Landlock rules' dirs
+            os.chdir(tmp)  # the environment is the worker's, made the program's in setup and execute
             tempfile.tempdir = tmp
             setr = resource.setrlimit
             cpu = int(lim["cpu_s"] + 0.999)
@@ -339,18 +376,15 @@ class Worker:
             setr(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
             setr(resource.RLIMIT_FSIZE, (lim["fsize_bytes"], lim["fsize_bytes"]))
             setr(resource.RLIMIT_CORE, (0, 0))
-            prctl(PR_SET_NO_NEW_PRIVS, 1)
             if self.isolation["network"] == "seccomp":
                 seccomp_block_network()
-            if self.landlock:
-                landlock_restrict(self.landlock, [tmp], self.read_dirs)
             if self.uid is not None:
                 become_uid(self.uid, self.fs_root)
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
             if os.getppid() != self.pid:  # the worker died before the line above
                 os._exit(_SETUP_FAILED)
             sys.argv = ["main.py"]
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _signal.signal(signal.SIGINT, signal.default_int_handler)  # signal.signal's enum wrapping costs
             if self.highs_scheduler and "threads" in code:
                 # The program may set HiGHS's "threads" option, and HiGHS refuses a count other than
                 # the running scheduler's: give it none, as in a fresh process (its first solve starts
@@ -386,8 +420,10 @@ class Worker:
                 reason = "timeout"
                 break
             tick = deadline - now if pidfd is not None else min(deadline - now, 0.005)
+            exited = pidfd is None  # without a pidfd: poll the child's status every tick
             for fd, _ev in poller.poll(max(tick, 0) * 1000):
                 if fd == pidfd:
+                    exited = True
                     continue
                 data = os.read(fd, 1 << 16)
                 if data:
@@ -398,10 +434,11 @@ class Worker:
             if out.total + err.total > lim["max_output_bytes"]:
                 reason = "output"
                 break
-            wpid, wstatus, ru = os.wait4(pid, os.WNOHANG)
-            if wpid == pid:
-                wait_status, rusage = wstatus, ru
-                break
+            if exited:  # with a pidfd, only once it says the child has exited
+                wpid, wstatus, ru = os.wait4(pid, os.WNOHANG)
+                if wpid == pid:
+                    wait_status, rusage = wstatus, ru
+                    break
         end = time.monotonic()
         if wait_status is None:
             if "group_kill" not in self.disabled:
@@ -507,6 +544,14 @@ class Worker:
         return rounds
 
     def _rmtree(self, path: str) -> None:
+        try:
+            os.rmdir(path)  # most programs leave their temp dir empty
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass
+
         def fix_and_retry(func, p, _exc):
             try:
                 os.chmod(os.path.dirname(p), 0o700)

@@ -14,6 +14,11 @@ import sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+# Looked up here, once, in the worker: a CDLL resolves a function on its first use, and the children
+# call these (the first lookup in each child cost ~50 copied-on-write pages).
+for _name in ("capset", "setfsuid", "setfsgid", "unshare"):
+    getattr(libc, _name)
+del _name
 
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -59,14 +64,8 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-def landlock_restrict(abi: int, write_dirs: list[str], read_dirs: list[str] | None) -> None:
-    """Restrict this process (and its future children) with Landlock.
-
-    Writes (create, delete, write, truncate, rename) are allowed only beneath `write_dirs` (and to
-    /dev/null); reads and execution only beneath `read_dirs` + `write_dirs` when `read_dirs` is not None.
-    With ABI >= 4 TCP bind/connect are denied too; with ABI >= 6 signals to processes outside the domain
-    and connections to abstract unix sockets outside it are denied.
-    """
+def _landlock_rights(abi: int, read_dirs: list[str] | None) -> tuple[int, int, _RulesetAttr, int]:
+    """(write rights, read rights, ruleset attr, attr size) of a ruleset for this ABI."""
     write = _LL_WRITE_FILE | _LL_MAKE_ALL
     if abi >= 2:
         write |= _LL_REFER
@@ -79,29 +78,114 @@ def landlock_restrict(abi: int, write_dirs: list[str], read_dirs: list[str] | No
     if abi >= 6:
         attr.scoped = _LL_SCOPE_ABSTRACT_UNIX | _LL_SCOPE_SIGNAL
     size = 8 if abi < 4 else (16 if abi < 6 else 24)
+    return write, read, attr, size
+
+
+def _landlock_add(ruleset: int, fd: int, allowed: int, path: str) -> None:
+    rule = _PathBeneath(allowed, fd)
+    if libc.syscall(_NR_LANDLOCK_ADD_RULE, ruleset, 1, ctypes.byref(rule), 0) != 0:
+        raise OSError(ctypes.get_errno(), f"landlock_add_rule({path})")
+
+
+def _landlock_add_path(ruleset: int, path: str, allowed: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return  # a missing path needs no rule
+    try:
+        if not os.path.isdir(path):
+            allowed &= _FILE_RIGHTS
+        if allowed:
+            _landlock_add(ruleset, fd, allowed, path)
+    finally:
+        os.close(fd)
+
+
+class LandlockRules:
+    """The fixed part of the sandbox's Landlock ruleset, opened once; `ruleset` builds one execution's.
+
+    The worker keeps an O_PATH descriptor of every read dir (and of /dev/null) for its lifetime, so a
+    ruleset costs one landlock_add_rule call per dir and no path lookups; it builds each execution's
+    ruleset before the fork and the child only calls :func:`landlock_restrict_self` (work done in the
+    child costs more: each page it touches is copied on write). The rules are the ones
+    :func:`landlock_restrict` would make: read dirs and /dev/null as they were when the worker started.
+    """
+
+    def __init__(self, abi: int, read_dirs: list[str] | None):
+        self.abi = abi
+        self.write, self.read, self._attr, self._size = _landlock_rights(abi, read_dirs)
+        self.fixed: list[tuple[int, object, str]] = []  # (O_PATH fd, byref(rule), path)
+        try:
+            rules = [("/dev/null", self.write | self.read)] + [(d, self.read) for d in (read_dirs or [])]
+            for path, allowed in rules:
+                try:
+                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                if not os.path.isdir(path):
+                    allowed &= _FILE_RIGHTS
+                if allowed:
+                    rule = _PathBeneath(allowed, fd)
+                    self.fixed.append((fd, ctypes.byref(rule), path))
+                else:
+                    os.close(fd)
+        except BaseException:
+            self.close()
+            raise
+
+    def ruleset(self, write_dirs: list[str]) -> int:
+        """A new ruleset fd (the caller closes it): writes under `write_dirs`, plus the fixed rules."""
+        ruleset = libc.syscall(
+            _NR_LANDLOCK_CREATE_RULESET, ctypes.byref(self._attr), ctypes.c_size_t(self._size), 0
+        )
+        if ruleset < 0:
+            raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+        ruleset = int(ruleset)
+        try:
+            for d in write_dirs:
+                _landlock_add_path(ruleset, d, self.write | self.read)
+            for _fd, rule, path in self.fixed:
+                if libc.syscall(_NR_LANDLOCK_ADD_RULE, ruleset, 1, rule, 0) != 0:
+                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({path})")
+        except BaseException:
+            os.close(ruleset)
+            raise
+        return ruleset
+
+    def close(self) -> None:
+        for fd, _, _ in self.fixed:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fixed = []
+
+
+def landlock_restrict_self(ruleset: int) -> None:
+    """Enforce `ruleset` on this process (and its future children); needs no_new_privs (or CAP_SYS_ADMIN)."""
+    if libc.syscall(_NR_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+
+
+def landlock_restrict(abi: int, write_dirs: list[str], read_dirs: list[str] | None) -> None:
+    """Restrict this process (and its future children) with Landlock.
+
+    Writes (create, delete, write, truncate, rename) are allowed only beneath `write_dirs` (and to
+    /dev/null); reads and execution only beneath `read_dirs` + `write_dirs` when `read_dirs` is not None.
+    With ABI >= 4 TCP bind/connect are denied too; with ABI >= 6 signals to processes outside the domain
+    and connections to abstract unix sockets outside it are denied.
+    """
+    write, read, attr, size = _landlock_rights(abi, read_dirs)
     ruleset = libc.syscall(_NR_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+    ruleset = int(ruleset)
     try:
         rules = [(d, write | read) for d in write_dirs] + [("/dev/null", write | read)]
         rules += [(d, read) for d in (read_dirs or [])]
         for path, allowed in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue  # a missing path needs no rule
-            try:
-                if not os.path.isdir(path):
-                    allowed &= _FILE_RIGHTS
-                if not allowed:
-                    continue
-                rule = _PathBeneath(allowed, fd)
-                if libc.syscall(_NR_LANDLOCK_ADD_RULE, int(ruleset), 1, ctypes.byref(rule), 0) != 0:
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({path})")
-            finally:
-                os.close(fd)
-        if libc.syscall(_NR_LANDLOCK_RESTRICT_SELF, int(ruleset), 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+            _landlock_add_path(ruleset, path, allowed)
+        landlock_restrict_self(ruleset)
     finally:
         os.close(ruleset)
 
@@ -120,14 +204,23 @@ class _CapData(ctypes.Structure):
 
 def _capset(bits: int) -> None:
     """Set effective = permitted = `bits` (capabilities 0..31), inheritable empty."""
-    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
-    data = (_CapData * 2)(_CapData(bits, bits, 0), _CapData(0, 0, 0))
-    if libc.capset(ctypes.byref(header), data) != 0:
+    args = _CAPSET_ARGS.get(bits)
+    if args is None:
+        header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+        data = (_CapData * 2)(_CapData(bits, bits, 0), _CapData(0, 0, 0))
+        args = (ctypes.byref(header), data)
+    if libc.capset(*args) != 0:
         raise OSError(ctypes.get_errno(), "capset")
 
 
 CAP_SETGID, CAP_SETUID = 6, 7
 PR_SET_KEEPCAPS = 8
+# The two capsets become_uid makes, built once (at import, in the worker) rather than in every child.
+_CAPSET_ARGS: dict = {}
+for _bits in ((1 << CAP_SETUID) | (1 << CAP_SETGID), 0):
+    _h = _CapHeader(0x20080522, 0)
+    _CAPSET_ARGS[_bits] = (ctypes.byref(_h), (_CapData * 2)(_CapData(_bits, _bits, 0), _CapData(0, 0, 0)))
+del _bits, _h
 
 
 def become_uid(uid: int, fs_root: bool) -> None:
@@ -166,12 +259,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def seccomp_block_network() -> None:
-    """Install a seccomp filter: socket() for any family but AF_UNIX fails with EACCES, io_uring is
-    refused (it could open sockets without socket()), foreign-ABI syscalls kill the process."""
+def _seccomp_network_filter():
+    """(filter array, sock_fprog) of seccomp_block_network, or None on an architecture without a table."""
     arch = _SYS.get(os.uname().machine)
     if arch is None:
-        raise OSError(errno.ENOSYS, f"no seccomp table for {os.uname().machine}")
+        return None
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, deny, kill = 0x7FFF0000, 0x00050000 | errno.EACCES, 0x80000000
     prog = [
@@ -188,7 +280,18 @@ def seccomp_block_network() -> None:
         (ret, 0, 0, kill),  # 10
     ]
     filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
-    fprog = _SockFprog(len(prog), filters)
+    return filters, _SockFprog(len(prog), filters)
+
+
+_SECCOMP_NETWORK = _seccomp_network_filter()  # built once, in the worker
+
+
+def seccomp_block_network() -> None:
+    """Install a seccomp filter: socket() for any family but AF_UNIX fails with EACCES, io_uring is
+    refused (it could open sockets without socket()), foreign-ABI syscalls kill the process."""
+    if _SECCOMP_NETWORK is None:
+        raise OSError(errno.ENOSYS, f"no seccomp table for {os.uname().machine}")
+    fprog = _SECCOMP_NETWORK[1]
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
