@@ -120,15 +120,22 @@ def save_plot(history: dict[str, list[float]], path: str) -> None:
     plt.close(fig)
 
 
+#: How each `grpo.answer_from` reads a trajectory's answer (for the report's wording).
+ANSWER_RULES = {
+    "boxed": "the last boxed answer",
+    "auto": "the last boxed answer, else the output of the last program that ran",
+    "execution": "the output of the last program that ran",
+}
+
 #: What the report's numbers mean and what they do not (printed under every report).
 MEANING = """\
 What these numbers mean: pass@1 is the share of held-out problems ({eval_path}; never trained on) whose greedy
-trajectory is correct under the `{protocol}` protocol, the answer taken from `{answer_from}` (boxed, else the
-output of the last program that ran); every program was really executed during the rollout. A rise after SFT
+trajectory is correct under the `{protocol}` protocol, the answer taken from `{answer_from}` ({answer_rule});
+every program was really executed during the rollout. A rise after SFT
 and again after GRPO shows that each stage of the recipe does what it claims on this data. What they do not
 mean: the default model is a tiny random-init Qwen3 (~10M parameters, nearly all of them the embedding) trained
-for minutes on one synthetic template family; it has learned to copy a few numbers into a fixed pyomo program,
-it is not an OR solver, and these numbers say nothing about benchmark accuracy at full scale."""
+for minutes on synthetic template problems; it is not an OR solver, and these numbers say nothing about
+benchmark accuracy at full scale."""
 
 
 def sampling_line(g: ml_collections.ConfigDict, history: dict[str, list[float]]) -> str:
@@ -238,7 +245,12 @@ def run_pipeline(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any
             "",
             f"Time: {timing} (devices: {jax.device_count()} x {jax.devices()[0].platform})",
             "",
-            MEANING.format(protocol=g.protocol, answer_from=g.answer_from, eval_path=g.eval_path),
+            MEANING.format(
+                protocol=g.protocol,
+                answer_from=g.answer_from,
+                eval_path=g.eval_path,
+                answer_rule=ANSWER_RULES.get(g.answer_from, g.answer_from),
+            ),  # fmt: skip
         ]
     )
     report = {"before": before, "after": after, "history": history, "sft_loss": sft["loss"], "seconds": total}

@@ -35,6 +35,9 @@ def get_config(arg: str | None = None):
     c.grpo = tiny_grpo.grpo
     g = c.grpo
     g.lr = 2e-5
+    # DAPO dynamic sampling is on (storm_grpo); drawing at most twice the step's problems bounds the cost of a
+    # step when (as with this model) few groups have any reward variance
+    g.max_draws_per_step = 2 * g.problems_per_step
     g.steps = 8
     # Responses (code, its output and the answer) run to 355 tokens at p90: a budget below that truncates most
     # correct trajectories, and a truncated one earns no reward.
@@ -48,6 +51,7 @@ def get_config(arg: str | None = None):
         g.steps = 2
         g.problems_per_step = 2
         g.group_size = 2
+        g.max_draws_per_step = 4
         g.max_response_tokens = 32
         g.max_len = 256
         g.eval_problems = 2
