@@ -25,7 +25,7 @@ def test_skip_masked_chunks_same_loss_and_grads():
     outs = []
     for skip in (False, True):
         fn = make_sft_loss(chunk_size=16, skip_masked_chunks=skip)
-        (loss, aux), g = jax.value_and_grad(lambda p: fn(p, batch, cfg), has_aux=True)(params)
+        (loss, aux), g = jax.value_and_grad(lambda p, fn=fn: fn(p, batch, cfg), has_aux=True)(params)
         outs.append((loss, aux["sum_loss_tokens"], g))
     assert float(outs[0][1]) == float(outs[1][1]) == 20.0
     np.testing.assert_allclose(float(outs[0][0]), float(outs[1][0]), rtol=1e-6)

@@ -62,8 +62,8 @@ def evolve_defaults() -> ml_collections.ConfigDict:
     e.dpo_lr = 5e-7
     e.dpo_batch_pairs = 4
     e.dpo_seq_len = 1024
-    e.dpo_subset = False  # True: only the dpo_steps * dpo_batch_pairs heaviest pairs (no unused reference work)
-    e.compile_cache = True  # storm-jax evolve: a persistent XLA cache in <workdir>/jax_cache (stages recompile less)
+    e.dpo_subset = False  # True: train on the dpo_steps * dpo_batch_pairs heaviest pairs only
+    e.compile_cache = True  # storm-jax evolve: a persistent XLA cache in <workdir>/jax_cache
     return e
 
 
