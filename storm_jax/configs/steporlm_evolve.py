@@ -66,7 +66,7 @@ def tiny(c) -> None:
     c.optim.lr = 3e-3  # a random tiny model needs a large lr to learn anything in a few dozen steps
     c.optim.warmup_steps = 5
     c.optim.min_lr_ratio = 0.1
-    c.train.steps = 30  # GUESS (was 40: 10 fewer steps save about a minute; the loss still falls 12 -> ~5)
+    c.train.steps = 20  # GUESS (was 40; the loss still falls from 12 to ~7: the warm-up does real work)
     c.train.logprob_chunk = 128
     # the vocabulary projection is ~all of this model's cost; a GenPRM row's loss is only its critique
     c.train.skip_masked_chunks = True
@@ -94,10 +94,10 @@ def tiny(c) -> None:
     e.genprm_warmup_trajs = 48
     e.genprm_warmup_truncated = True
     e.genprm_warmup_babble = 48  # GUESS
-    e.genprm_warmup_steps = 80  # GUESS (60 steps: 8 of 24 round-1 critiques parsed, the 1-step ones)
+    e.genprm_warmup_steps = 60  # GUESS (60 and 80 steps: 8 and 9 of 24 round-1 critiques parsed)
     e.genprm_sft_steps = 8  # GUESS
     e.genprm_lr = 1e-2  # GUESS: a random tiny model; 3e-3 left the loss at 6.8 after 30 steps
-    e.genprm_sft_lr = 2e-3  # GUESS: 12 steps at 1e-2 on a round's near-identical rows unlearned the stop
+    e.genprm_sft_lr = 5e-4  # GUESS: 8 steps at 2e-3 on a round's rows made it write 2 steps for every 1
     e.genprm_batch_size = 2
     e.genprm_seq_len = 512  # critique rows are ~300-450 tokens (longer ones are dropped, never cut)
     e.critique_tokens = 128  # a terse critique of n steps is ~15 + 9 n tokens: no truncation up to 12 steps

@@ -202,6 +202,12 @@ def metrics_stage(ev, r: int, d: str, prev: str) -> dict:
         "samples": len(samples),
         "accuracy": _rate([s["correct"] for s in samples]),
         "parse_failure_rate": _rate([not x["ok"] for x in g]),
+        "genprm_parsed": sum(x["ok"] for x in g),
+        "genprm_parsed_by_steps": {
+            str(n): f"{sum(c['genprm']['ok'] for c in crits if c['num_steps'] == n)}/"
+            f"{sum(c['num_steps'] == n for c in crits)}"
+            for n in sorted({c["num_steps"] for c in crits})
+        },
         "genprm_agreement": _rate([x["final"] == s["correct"] for x, s in zip(g, samples) if x["ok"]]),
         "critic_agreement": _rate(
             [c["critic"]["final"] == s["correct"] for c, s in zip(crits, samples) if c["critic"]]
