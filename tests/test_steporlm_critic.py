@@ -71,3 +71,20 @@ def test_titled_layout_checks_by_title():
     _, c, _ = critique(Q, PROG, bad, execution=ex)
     wrong = [k for k, v in enumerate(c.verdicts, 1) if not v]
     assert wrong == [4, 9], c.reasons  # Objective Function and Python Code
+
+
+def test_terse_style_same_verdicts_short_reasons():
+    cases = {
+        "gold": (PROG, "ok"),
+        "sense": (PROG.replace("pyo.minimize", "pyo.maximize"), "wrong sense"),
+        "integrality": (PROG.replace("NonNegativeReals", "NonNegativeIntegers"), "wrong integrality"),
+        "dropped": (PROG.replace("m.c2 = pyo.Constraint(expr=m.x + m.y >= 27)\n", ""), "missing constraint"),
+        "wrong number": (PROG.replace(">= 27", ">= 72"), "missing constraint"),  # the step's first issue
+    }
+    for name, (prog, reason) in cases.items():
+        full_text, full, _ = critique(Q, PROG, storm(prog))
+        text, c, _ = critique(Q, PROG, storm(prog), style="terse")
+        assert c.ok and c.verdicts == full.verdicts and c.final == full.final, name
+        assert c.reasons[1] == reason and len(text) < len(full_text), (name, c.reasons)
+    text, c, _ = critique(Q, PROG, "Let x, y >= 0.", style="terse")  # cut before its program
+    assert text == "Checked every step.\n\nStep 1: incorrect — no program\nFinal: incorrect"

@@ -24,7 +24,12 @@ def _cmd(workdir):
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+    # The CLI as a user runs it: one CPU device (conftest forces 8 host devices for the in-process tests,
+    # and the tiny batch of 2 does not split over 8).
+    flags = " ".join(
+        f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f
+    )
+    return {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": flags}
 
 
 @pytest.mark.slow

@@ -66,9 +66,11 @@ def tiny(c) -> None:
     c.optim.lr = 3e-3  # a random tiny model needs a large lr to learn anything in a few dozen steps
     c.optim.warmup_steps = 5
     c.optim.min_lr_ratio = 0.1
-    c.train.steps = 40
+    c.train.steps = 20  # GUESS (was 40; the loss still falls from 12 to ~7: the warm-up does real work)
     c.train.logprob_chunk = 128
-    c.train.log_every = 20
+    # the vocabulary projection is ~all of this model's cost; a GenPRM row's loss is only its critique
+    c.train.skip_masked_chunks = True
+    c.train.log_every = 10
     c.train.progress = False
     c.checkpoint.save_every = 1000  # no mid-stage checkpoints: a killed stage restarts from its inputs
     c.checkpoint.async_save = False
@@ -83,19 +85,29 @@ def tiny(c) -> None:
     e.max_tool_calls = 2
     e.max_response_tokens = 192
     e.max_len = 512
-    e.num_slots = 8
+    e.num_slots = 24  # GUESS: every sample (and every critique) of a round decodes in one wave
     e.exec_workers = 2
-    e.genprm_warmup_steps = 30
-    e.genprm_sft_steps = 4
-    e.genprm_lr = 3e-3
-    e.genprm_seq_len = 640
-    e.critique_tokens = 128
+    # The GenPRM learns the critique syntax: terse critic critiques (a fixed reasoning line, two-word reasons),
+    # warm-up rows that include solutions cut before their program and random-token "noise" solutions (what
+    # the barely trained policy writes: one step, "no program"), a large lr, greedy critiques.
+    e.critique_style = "terse"
+    e.genprm_warmup_trajs = 48
+    e.genprm_warmup_truncated = True
+    e.genprm_warmup_babble = 48  # GUESS
+    e.genprm_warmup_steps = 60  # GUESS (60 and 80 steps: 8 and 9 of 24 round-1 critiques parsed)
+    e.genprm_sft_steps = 8  # GUESS
+    e.genprm_lr = 1e-2  # GUESS: a random tiny model; 3e-3 left the loss at 6.8 after 30 steps
+    e.genprm_sft_lr = 5e-4  # GUESS: 8 steps at 2e-3 on a round's rows made it write 2 steps for every 1
+    e.genprm_batch_size = 2
+    e.genprm_seq_len = 512  # critique rows are ~300-450 tokens (longer ones are dropped, never cut)
+    e.critique_tokens = 128  # a terse critique of n steps is ~15 + 9 n tokens: no truncation up to 12 steps
     e.critique_max_len = 768
     e.dpo_steps = 3
     e.dpo_lr = 1e-4
     e.dpo_batch_pairs = 2
     e.dpo_seq_len = 512
-    # A GenPRM this small and this briefly trained writes no parsable critique yet (its parse-failure rate is
-    # reported every round), so pairs of equal outcome are scored by the programmatic critic here; its
-    # critiques also bootstrap the GenPRM's SFT data. The full recipe scores pairs with the GenPRM.
+    e.dpo_subset = True  # the 6 pairs the 3 steps train on get reference log-probs, not all ~20
+    # Equal-outcome pairs are scored by the programmatic critic here: the tiny GenPRM parses only part of its
+    # critiques (its parse-failure rate is reported every round), and an unparsed critique gives no pair.
+    # Its critiques also bootstrap the GenPRM's SFT data. The full recipe scores pairs with the GenPRM.
     e.pair_scorer = "critic"

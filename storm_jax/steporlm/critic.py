@@ -173,18 +173,44 @@ def judge_steps(
     return verdicts, reasons
 
 
+STYLES = ("full", "terse")
+
+# The terse style's reason labels: the first issue of a step, by the start of its full reason.
+_TERSE = (("no program was written", "no program"), ("the objective should", "wrong sense"),
+          ("integrality", "wrong integrality"), ("variables are integer", "wrong integrality"),
+          ("constraint ", "missing constraint"), ("data ", "unused data"), ("number ", "wrong number"),
+          ("the program did not run", "did not run"), ("the boxed answer was computed", "hand answer"),
+          ("the boxed answer is not", "wrong box"))  # fmt: skip
+
+
+def terse_reason(verdict: bool, reason: str) -> str:
+    """The terse style's reason: "ok", or a two-word label of the step's first issue."""
+    if verdict:
+        return "ok"
+    return next((label for start, label in _TERSE if reason.startswith(start)), "wrong")
+
+
 def critique(
-    question: str, program: str, solution: str, *, execution: dict | None = None
+    question: str, program: str, solution: str, *, execution: dict | None = None, style: str = "full"
 ) -> tuple[str, Critique, list[Step]]:
-    """(critique text, its parse, the steps) of a solution; the text parses back to the same verdicts."""
+    """(critique text, its parse, the steps) of a solution; the text parses back to the same verdicts.
+
+    style "full": a sentence of reasoning and each step's issues in words; "terse" (small models learning
+    the syntax): a fixed one-line reasoning and a two-word reason per step (`terse_reason`). Same verdicts."""
+    if style not in STYLES:
+        raise ValueError(f"critique style {style!r} not in {STYLES}")
     steps = segment_steps(solution)
     if not steps:
         return "The solution is empty.", parse_critique("", 0), steps
     verdicts, reasons = judge_steps(question, program, steps, execution=execution)
     bad = [k for k, v in enumerate(verdicts, 1) if not v]
-    summary = (
-        f"Checked {len(steps)} steps against the problem's model (sense, integrality, constraints, data). "
-        + (f"Problems in steps {', '.join(map(str, bad))}." if bad else "No problem found.")
-    )
+    if style == "terse":
+        reasons = [terse_reason(v, r) for v, r in zip(verdicts, reasons)]
+        summary = "Checked every step."
+    else:
+        summary = (
+            f"Checked {len(steps)} steps against the problem's model (sense, integrality, constraints, data). "
+            + (f"Problems in steps {', '.join(map(str, bad))}." if bad else "No problem found.")
+        )
     text = format_critique(verdicts, reasons, summary)
     return text, parse_critique(text, len(steps)), steps

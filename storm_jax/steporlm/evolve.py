@@ -203,14 +203,17 @@ class Evolve:
             if self.cfg.data.path
             else []
         )
-        # STORM-layout trajectories (segments) of problems with a gold program; 48 keep the warm-up cheap
-        trajs = [t for t in trajs if "segments" in t and self.by_id[t["id"]].meta.get("program")][:48]
+        # STORM-layout trajectories (segments) of problems with a gold program; a few dozen keep it cheap
+        trajs = [t for t in trajs if "segments" in t and self.by_id[t["id"]].meta.get("program")]
+        trajs = trajs[: self.e.genprm_warmup_trajs]
         rng = random.Random(self.cfg.seed)
         items, runs = [], []
         for t in trajs:
             row = self.by_id[t["id"]]
             items.append((row, "".join(s["text"] for s in t["segments"])))
             intro, prog = gold_parts(t["segments"])
+            if self.e.genprm_warmup_truncated and intro:
+                items.append((row, intro))  # stopped before its program: one step, "no program"
             flawed = plant_flaw(prog, FLAWS[rng.randrange(len(FLAWS))], rng)
             if flawed is not None:
                 runs.append((row, intro, flawed))
@@ -224,12 +227,26 @@ class Evolve:
                 else res.answer
             )
             items.append((row, storm_solution(intro, prog, res.stdout or res.stderr[-300:], boxed)))
+        for j in range(self.e.genprm_warmup_babble):  # a policy that writes noise: one step, "no program"
+            items.append((self.by_id[trajs[j % len(trajs)]["id"]], self.babble(rng)))
         out = []
         for row, text in items:
-            crit, parsed, steps = critic_mod.critique(row.question, row.meta["program"], text)
+            crit, parsed, steps = critic_mod.critique(
+                row.question, row.meta["program"], text, style=self.e.critique_style
+            )
             if parsed.ok:
                 out.append(self.critique_row(row.question, steps, crit))
         return out
+
+    def babble(self, rng: random.Random) -> str:
+        """Seeded random tokens of the vocabulary without blank lines or code fences: what a barely trained
+        policy writes (warm-up data for the GenPRM, so noise is not out of its distribution in round 1)."""
+        vocab = len(self.tok)
+        n = rng.randrange(self.e.max_response_tokens // 4, self.e.max_response_tokens + 1)
+        text = self.tok.decode([rng.randrange(vocab) for _ in range(n)], skip_special_tokens=True)
+        while "\n\n" in text:
+            text = text.replace("\n\n", "\n")
+        return text.replace("```", "``").replace("\\boxed", "boxed").strip() or "x"
 
     @staticmethod
     def critique_row(question: str, steps, critique_text: str) -> dict:
@@ -238,12 +255,14 @@ class Evolve:
             + [{"role": "assistant", "content": critique_text}]
         }
 
-    def genprm_sft(self, rows: list[dict], params: Any, workdir: str, steps: int) -> dict:
+    def genprm_sft(self, rows: list[dict], params: Any, workdir: str, steps: int, lr: float = 0.0) -> dict:
         from storm_jax.train.sft import train_sft
 
         e = self.e
-        c = stage_config(self.cfg, self.fresh_run_dir(workdir), "sft", train__steps=steps, optim__lr=e.genprm_lr,
-                         data__seq_len=e.genprm_seq_len, data__enable_thinking=False, optim__warmup_steps=0)  # fmt: skip
+        c = stage_config(self.cfg, self.fresh_run_dir(workdir), "sft", train__steps=steps, optim__lr=lr or e.genprm_lr,
+                         data__seq_len=e.genprm_seq_len, data__enable_thinking=False, optim__warmup_steps=0,
+                         data__batch_size=e.genprm_batch_size or self.cfg.data.batch_size,
+                         data__overlong="drop")  # a cut row would lose its critique: the target  # fmt: skip
         return train_sft(c, rows=rows, params=params, echo=self.echo)
 
     # -- a round ---------------------------------------------------------------------------------------------

@@ -37,6 +37,14 @@ def main(argv: list[str]) -> int:
         return fail(PROG, f"the config's recipe is {cfg.recipe!r}, expected 'evolve'")
     from storm_jax.steporlm.evolve import Evolve
 
+    if cfg.evolve.compile_cache:  # stages that jit the same step again (round 2's DPO, ...) load it instead
+        import os
+
+        jax.config.update(
+            "jax_compilation_cache_dir", os.path.join(os.path.abspath(cfg.workdir), "jax_cache")
+        )
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
     t0 = time.perf_counter()
     try:
         rows = Evolve(cfg).run()

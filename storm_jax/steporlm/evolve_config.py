@@ -44,18 +44,26 @@ def evolve_defaults() -> ml_collections.ConfigDict:
     # GenPRM
     e.genprm_init = ""  # HF dir of the GenPRM ("" = a seeded init of the policy's architecture)
     e.genprm_warmup_steps = 60  # SFT steps on programmatic critiques before round 1 (0 = none)
+    e.genprm_warmup_trajs = 48  # warm-up trajectories critiqued (gold, one planted flaw, cut before the code)
+    e.genprm_warmup_truncated = True  # also critique each gold solution cut before its program (1 step)
+    e.genprm_warmup_babble = 0  # also critique this many seeded random-token texts (a policy writing noise)
+    e.genprm_batch_size = 0  # GenPRM SFT rows per step (0 = data.batch_size)
     e.genprm_sft_steps = 20  # per round, on solver-agreeing critiques
     e.genprm_lr = 1e-5
+    e.genprm_sft_lr = 0.0  # the rounds' GenPRM SFT lr (0 = genprm_lr, the warm-up's)
     e.genprm_seq_len = 1024
     e.genprm_bootstrap = True  # add the critic's solver-agreeing critiques to each round's GenPRM SFT data
     e.critique_tokens = 256
     e.critique_max_len = 1536
-    e.critique_temperature = 0.0
+    e.critique_temperature = 0.0  # greedy
+    e.critique_style = "full"  # the critic's critiques (GenPRM SFT data): full | terse (two-word reasons)
     # weighted DPO per round
     e.dpo_steps = 20
     e.dpo_lr = 5e-7
     e.dpo_batch_pairs = 4
     e.dpo_seq_len = 1024
+    e.dpo_subset = False  # True: train on the dpo_steps * dpo_batch_pairs heaviest pairs only
+    e.compile_cache = True  # storm-jax evolve: a persistent XLA cache in <workdir>/jax_cache
     return e
 
 
@@ -64,7 +72,10 @@ def validate_evolve(cfg: ml_collections.ConfigDict, fail) -> None:
     e = cfg.evolve
     if not e.problems_path:
         fail("evolve.problems_path", "is empty (set a benchmark-schema JSONL of problems)")
-    for key, choices in (("layout", LAYOUTS), ("pair_mode", PAIR_MODES), ("pair_scorer", PAIR_SCORERS)):
+    from storm_jax.steporlm.critic import STYLES
+
+    for key, choices in (("layout", LAYOUTS), ("pair_mode", PAIR_MODES), ("pair_scorer", PAIR_SCORERS),
+                         ("critique_style", STYLES)):  # fmt: skip
         if e[key] not in choices:
             fail(f"evolve.{key}", f"{e[key]!r} not in {choices}")
     for key in ("rounds", "samples_per_problem", "max_response_tokens", "num_slots", "dpo_steps",

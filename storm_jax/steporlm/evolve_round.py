@@ -99,7 +99,9 @@ def critique_stage(ev, r: int, d: str, prev: str) -> None:
         program = ev.by_id[s["problem_id"]].meta.get("program")
         if program and steps:
             last = s["executions"][-1] if s["executions"] else None
-            text, pc, _ = critic_mod.critique(q, program, solution_text(s["text"]), execution=last)
+            text, pc, _ = critic_mod.critique(
+                q, program, solution_text(s["text"]), execution=last, style=e.critique_style
+            )
             row["critic"] = {"text": text, "ok": pc.ok, "failure": pc.failure, "verdicts": pc.verdicts,
                              "final": pc.final, "score": sum(pc.verdicts) / len(steps) if pc.ok else None}  # fmt: skip
         rows.append(row)
@@ -132,6 +134,13 @@ def dpo_stage(ev, r: int, d: str, prev: str) -> None:
 
     e = ev.e
     rows = [{k: v for k, v in x.items() if k != "meta"} for x in read_jsonl(ev.path(d, "pairs.jsonl"))]
+    n_pairs = len(rows)
+    need = e.dpo_steps * e.dpo_batch_pairs
+    if e.dpo_subset and len(rows) > need:
+        # dpo_steps batches see at most `need` pairs: keep the heaviest (then the earliest), so the reference
+        # log-probs are precomputed for the pairs trained on only
+        keep = sorted(sorted(range(len(rows)), key=lambda i: (-rows[i]["weight"], i))[:need])
+        rows = [rows[i] for i in keep]
     if not rows:
         ev.copy_model(f"{prev}/policy", f"{d}/policy")
         write_json(ev.path(d, "dpo.json"), {"skipped": "no pairs", "steps": 0})
@@ -144,7 +153,7 @@ def dpo_stage(ev, r: int, d: str, prev: str) -> None:
     res = train_dpo(c, rows=rows, params=ev.load(f"{prev}/policy"), echo=ev.echo)
     ev.save(jax.device_get(res["state"].params), f"{d}/policy")
     write_json(ev.path(d, "dpo.json"), {"steps": res["step"], "loss": res["loss"], "accuracy": res.get("accuracy"),
-                                        "pairs": len(rows)})  # fmt: skip
+                                        "pairs": len(rows), "pairs_built": n_pairs})  # fmt: skip
 
 
 def genprm_stage(ev, r: int, d: str, prev: str) -> None:
@@ -167,7 +176,8 @@ def genprm_stage(ev, r: int, d: str, prev: str) -> None:
         ev.copy_model(f"{prev}/genprm", f"{d}/genprm")
         info["skipped"] = "frozen" if e.frozen_genprm else "no rows" if not rows else "no steps"
     else:
-        res = ev.genprm_sft(rows, ev.load(f"{prev}/genprm"), ev.path(d, "genprm_sft"), e.genprm_sft_steps)
+        res = ev.genprm_sft(rows, ev.load(f"{prev}/genprm"), ev.path(d, "genprm_sft"), e.genprm_sft_steps,
+                            lr=e.genprm_sft_lr)  # fmt: skip
         ev.save(jax.device_get(res["state"].params), f"{d}/genprm")
         info.update(loss=res["loss"], steps=res["step"])
     write_json(ev.path(d, "genprm_sft.json"), info)
@@ -192,6 +202,12 @@ def metrics_stage(ev, r: int, d: str, prev: str) -> dict:
         "samples": len(samples),
         "accuracy": _rate([s["correct"] for s in samples]),
         "parse_failure_rate": _rate([not x["ok"] for x in g]),
+        "genprm_parsed": sum(x["ok"] for x in g),
+        "genprm_parsed_by_steps": {
+            str(n): f"{sum(c['genprm']['ok'] for c in crits if c['num_steps'] == n)}/"
+            f"{sum(c['num_steps'] == n for c in crits)}"
+            for n in sorted({c["num_steps"] for c in crits})
+        },
         "genprm_agreement": _rate([x["final"] == s["correct"] for x, s in zip(g, samples) if x["ok"]]),
         "critic_agreement": _rate(
             [c["critic"]["final"] == s["correct"] for c, s in zip(crits, samples) if c["critic"]]

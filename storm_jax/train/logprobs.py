@@ -40,11 +40,15 @@ def token_logprobs(
     mesh_rules: MeshRules | None = None,
     chunk_size: int = 0,
     return_entropy: bool = False,
+    needed: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """[B, T] fp32 log p(targets[t] | tokens[:t+1]) (and the [B, T] entropy of p(. | tokens[:t+1]) if asked).
 
     segment_ids (0 = padding) keep packed documents apart; positions restart per document when given.
     chunk_size > 0 (must divide T) bounds the logits memory to [B, chunk_size, V].
+    needed ([B, T], with chunk_size): the positions whose values are used (a loss mask); a time chunk with
+    none of them skips its vocabulary projection (a `lax.cond`) and returns 0 there. The projection is
+    most of a small model's cost, and a long masked prompt (a GenPRM critique row) is mostly such chunks.
     """
     hidden, _ = forward(
         params,
@@ -67,12 +71,21 @@ def token_logprobs(
 
     @jax.checkpoint
     def one(args):
-        hc, tc = args
+        hc, tc = args[:2]
         hc = constrain(hc, ("batch", "length", "act_embed"), mesh_rules)
         lp, en = _logprob_entropy(params, hc, tc, cfg, mesh_rules, return_entropy)
         return lp, (en if return_entropy else jnp.zeros((), jnp.float32))
 
-    lp, en = jax.lax.map(one, (h, tg))
+    if needed is None:
+        lp, en = jax.lax.map(one, (h, tg))
+    else:
+        nd = jnp.moveaxis(needed.reshape(B, n, chunk_size), 1, 0).any(axis=(1, 2))  # [n]
+
+        def skip(args):
+            z = jnp.zeros(args[1].shape, jnp.float32)
+            return z, (z if return_entropy else jnp.zeros((), jnp.float32))
+
+        lp, en = jax.lax.map(lambda a: jax.lax.cond(a[2], one, skip, a), (h, tg, nd))
     logp = jnp.moveaxis(lp, 0, 1).reshape(B, T)
     if not return_entropy:
         return logp

@@ -55,6 +55,7 @@ def batch_logprobs(
     mesh_rules: MeshRules | None = None,
     chunk_size: int = 0,
     return_entropy: bool = False,
+    needed: Any = None,
 ):
     """token_logprobs of batch["targets"] given the batch's tokens, segment_ids and positions."""
     return token_logprobs(
@@ -67,6 +68,7 @@ def batch_logprobs(
         mesh_rules=mesh_rules,
         chunk_size=chunk_size,
         return_entropy=return_entropy,
+        needed=needed,
     )
 
 
@@ -104,16 +106,24 @@ NORMALIZATIONS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.
 
 @register_loss("sft")
 def make_sft_loss(
-    *, normalization: str = "token", chunk_size: int = 0, mesh_rules: MeshRules | None = None
+    *,
+    normalization: str = "token",
+    chunk_size: int = 0,
+    mesh_rules: MeshRules | None = None,
+    skip_masked_chunks: bool = False,
 ) -> LossFn:
-    """SFT loss: masked mean of -token_logprobs over batch["loss_mask"] (token or sequence normalization)."""
+    """SFT loss: masked mean of -token_logprobs over batch["loss_mask"] (token or sequence normalization).
+
+    skip_masked_chunks (with chunk_size): time chunks without a loss token skip the vocabulary projection
+    (token_logprobs `needed`); the loss and gradients are unchanged, only unused work is dropped."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"loss normalization {normalization!r}: expected one of {sorted(NORMALIZATIONS)}")
     normalize = NORMALIZATIONS[normalization]
 
     def loss_fn(params, batch, model_cfg: ModelConfig):
-        logp = batch_logprobs(params, model_cfg, batch, mesh_rules=mesh_rules, chunk_size=chunk_size)
         mask = batch["loss_mask"].astype(jnp.float32) * (batch["segment_ids"] != 0)
+        logp = batch_logprobs(params, model_cfg, batch, mesh_rules=mesh_rules, chunk_size=chunk_size,
+                              needed=(mask > 0) if skip_masked_chunks and chunk_size else None)  # fmt: skip
         nll = -logp
         tok_loss, n_tok = masked_token_mean(nll, mask)
         loss, weight = normalize(nll, mask, batch["segment_ids"])

@@ -135,7 +135,11 @@ class Run(Setup):
 def sft_loss(cfg: ml_collections.ConfigDict, mesh_rules) -> Any:
     """The configured SFT loss (train.loss_norm, train.logprob_chunk) from the loss registry."""
     return make_loss(
-        "sft", normalization=cfg.train.loss_norm, chunk_size=cfg.train.logprob_chunk, mesh_rules=mesh_rules
+        "sft",
+        normalization=cfg.train.loss_norm,
+        chunk_size=cfg.train.logprob_chunk,
+        mesh_rules=mesh_rules,
+        skip_masked_chunks=bool(cfg.train.get("skip_masked_chunks", False)),
     )
 
 
