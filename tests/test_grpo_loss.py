@@ -9,8 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tolerances import (
+    TRANSCENDENTAL,
+    U32,
+    U64,
+    assert_within,
+    entropy_atol,
+    group_advantage_atol,
+    logits_depth,
+    logprob_atol,
+    reorder_atol,
+    sum_atol,
+)
 
-from storm_jax.models.qwen import ModelConfig, init_params
+from storm_jax.models.qwen import ModelConfig, forward, init_params
 from storm_jax.parallel.mesh import MeshRules, make_mesh
 from storm_jax.train.grpo_loss import GRPOLossConfig, group_advantages, grpo_token_loss, make_grpo_loss
 from storm_jax.train.logprobs import token_logprobs
@@ -46,18 +58,21 @@ def test_group_advantages_grid_and_labels():
     R[4] = rng.normal(size=8)  # continuous rewards
     ga = group_advantages(R)
     ref, zv = loop_advantages(R.reshape(-1).tolist(), np.repeat(np.arange(5), 8).tolist(), True, 1e-6, 0)
-    np.testing.assert_allclose(ga.advantages.reshape(-1), ref, rtol=1e-6, atol=1e-6)
+    # float64 in both (summed in other orders), the library's result rounded to fp32 (tests/tolerances.py)
+    bound = np.concatenate([group_advantage_atol(a, r, 1e-6) for a, r in zip(ref.reshape(5, 8), R)])
+    assert_within(ga.advantages.reshape(-1), ref, bound)
     np.testing.assert_array_equal(ga.zero_variance.reshape(-1), zv)
     assert ga.advantages.shape == (5, 8) and ga.advantages.dtype == np.float32
     assert (ga.n_groups, ga.n_zero_variance_groups, ga.n_dropped) == (5, 2, 0) and ga.keep.all()
     # A binary group with k of G correct: population std sqrt(p(1-p)), A(correct) = (1-p)/sqrt(p(1-p)).
     k = R[0].sum()
     p = k / 8
-    np.testing.assert_allclose(
-        ga.advantages[0][R[0] == 1], (1 - p) / (np.sqrt(p * (1 - p)) + 1e-6), rtol=1e-6
-    )
-    # Within every non-degenerate group advantages sum to 0.
-    np.testing.assert_allclose(ga.advantages.sum(1), 0, atol=1e-5)
+    want = (1 - p) / (np.sqrt(p * (1 - p)) + 1e-6)
+    assert_within(ga.advantages[0][R[0] == 1], want, group_advantage_atol(want, R[0], 1e-6))
+    # Within every non-degenerate group advantages sum to 0: exactly, so the 8 fp32 values (each within its
+    # bound of the exact advantage) sum, in float64, to within the sum of their bounds plus that sum's rounding.
+    a64 = ga.advantages.astype(np.float64)
+    assert_within(a64.sum(1), 0, bound.reshape(5, 8).sum(1) + 8 * U64 * np.abs(a64).sum(1))
 
     # Flat rewards with shuffled string labels and unequal group sizes; Dr.GRPO (no std); sample std.
     labels = ["a", "b", "a", "c", "b", "a", "c", "d", "b", "b"]
@@ -65,7 +80,10 @@ def test_group_advantages_grid_and_labels():
     for scale, ddof in itertools.product((True, False), (0, 1)):
         ga = group_advantages(r, labels, scale_by_std=scale, ddof=ddof, drop_zero_variance=True)
         ref, zv = loop_advantages(r, labels, scale, 1e-6, ddof)
-        np.testing.assert_allclose(ga.advantages, ref, rtol=1e-6, atol=1e-7)
+        for g in set(labels):
+            idx = [i for i, lab in enumerate(labels) if lab == g]
+            bound = group_advantage_atol(ref[idx], [r[i] for i in idx], 1e-6, ddof=ddof, scale_by_std=scale)
+            assert_within(ga.advantages[idx], ref[idx], bound, f"group {g} scale={scale} ddof={ddof}")
         np.testing.assert_array_equal(ga.zero_variance, zv)
         np.testing.assert_array_equal(ga.keep, ~zv)
         assert ga.n_groups == 4 and ga.n_zero_variance_groups == 2 and ga.n_dropped == 3  # groups c, d
@@ -109,6 +127,8 @@ def np_grpo(logp, old, ref, adv, mask, seg, trunc, zv, *, eps_low, eps_high, bet
     n_seq = len(seqs)
     loss, pg_loss, kl_loss = 0.0, 0.0, 0.0
     grad = np.zeros((B, T))
+    # Per-token values for the error bounds (zero off the kept tokens).
+    tok = {k: np.zeros((B, T)) for k in ("c", "adv", "delta", "rho", "pg", "dpg", "d", "kl", "dkl")}
     n_low = n_high = 0
     ratios = []
     for (b, _), ts in seqs.items():
@@ -124,7 +144,7 @@ def np_grpo(logp, old, ref, adv, mask, seg, trunc, zv, *, eps_low, eps_high, bet
             n_low += A < 0 and rho < 1 - eps_low
             n_high += A > 0 and rho > 1 + eps_high
             ratios.append(rho)
-            kl, dkl = 0.0, 0.0
+            x, kl, dkl = 0.0, 0.0, 0.0
             if ref is not None:
                 x = ref[b, t] - logp[b, t]
                 kl, dkl = np.exp(x) - x - 1, 1 - np.exp(x)
@@ -138,10 +158,47 @@ def np_grpo(logp, old, ref, adv, mask, seg, trunc, zv, *, eps_low, eps_high, bet
             pg_loss += c * pg
             kl_loss += c * kl
             grad[b, t] = c * (dpg + beta * dkl)
+            vals = (c, A, logp[b, t] - old[b, t], rho, pg, dpg, x, kl, dkl)
+            for k, v in zip(tok, vals):
+                tok[k][b, t] = v
     weight = n_tok if agg == "token_mean" else n_seq
     stats = dict(n_tok=n_tok, n_seq=n_seq, n_low=n_low, n_high=n_high, ratio_mean=np.mean(ratios) if ratios else 0,
-                 pg_loss=pg_loss, kl=kl_loss, weight=weight)  # fmt: skip
+                 pg_loss=pg_loss, kl=kl_loss, weight=weight, tok=tok)  # fmt: skip
     return loss, grad, stats
+
+
+def fp32_error_bounds(st, beta):
+    """Bounds on |JAX fp32 - float64 reference| from grpo_token_loss's operations (inputs are fp32 values).
+
+    Per token (u = 2^-24, TRANSCENDENTAL = exp's relative error in u): delta = logp - old rounds by u|delta|,
+    which moves exp(delta) by a relative u|delta|; so rho errs by rho (TRANSCENDENTAL + 1 + |delta|) u, and
+    pg = -min(rho A, clip(rho) A) by |A| times that plus 2 roundings (the product, the fp32 clip bound
+    1 +- eps). k3 = exp(d) - d - 1 (d = ref - logp) cancels: its error is relative to the intermediates,
+    u (e^d (TRANSCENDENTAL + |d|) + |d| + 2 (e^d + |d| + 1)). The aggregation sums at most B (T + 1) values
+    plus a per-sequence level of T (seq_mean_token_mean) and 2 divisions: a sum_atol of depth
+    B (T + 1) + T + 3 over c_t |l_t| (c_t the token's aggregation coefficient). The gradient c_t (-A rho + beta
+    (1 - e^d)) is elementwise: the coefficient's 3 roundings (1 / len, 1 / n, the product), those of rho and
+    e^d, and 3 more for the products and the sum.
+    """
+    tok = {k: np.abs(v) for k, v in st["tok"].items()}
+    c, A, delta, rho, d = tok["c"], tok["adv"], tok["delta"], tok["rho"], tok["d"]
+    B, T = c.shape
+    depth = B * (T + 1) + T + 3
+    ed = np.where(c > 0, np.exp(st["tok"]["d"]), 0.0)
+    err_rho = rho * (TRANSCENDENTAL + 1 + delta) * U32
+    err_pg = A * err_rho + 2 * U32 * tok["pg"]
+    err_kl = U32 * (ed * (TRANSCENDENTAL + d) + d + 2 * (ed + d + 1))
+    per = tok["pg"] + beta * tok["kl"]
+    err_per = err_pg + beta * err_kl + 2 * U32 * per
+    out = {
+        "loss": float((c * err_per).sum()) + sum_atol(c * per, depth),
+        "pg_loss": float((c * err_pg).sum()) + sum_atol(c * tok["pg"], depth),
+        "kl": float((c * err_kl).sum()) + sum_atol(c * tok["kl"], depth),
+        "ratio_mean": float(err_rho.sum()) / st["n_tok"] + sum_atol(rho / st["n_tok"], B * T + 1),
+    }
+    dpg, ddkl = tok["dpg"] > 0, U32 * ((ed * (TRANSCENDENTAL + d)) + 2 * (ed + 1))
+    out["grad"] = c * (dpg * A * (err_rho + 6 * U32 * rho) + beta * (ddkl + 6 * U32 * tok["dkl"]))
+    return out
 
 
 def random_arrays(seed, B=6, T=12, packed=False):
@@ -188,18 +245,19 @@ def check_against_reference(cfg, arrays, with_ref=True):
         beta=cfg.kl_beta, agg=cfg.aggregation, max_len=cfg.max_response_len, mask_truncated=cfg.mask_truncated,
         drop_zero_variance=cfg.drop_zero_variance,
     )  # fmt: skip
-    np.testing.assert_allclose(loss, exp_loss, rtol=1e-5, atol=1e-6)
+    bound = fp32_error_bounds(st, cfg.kl_beta)
+    assert_within(loss, exp_loss, bound["loss"], "loss")
     assert np.all(np.isfinite(np.asarray(g)))
-    np.testing.assert_allclose(g, exp_grad, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(metrics["weight"], st["weight"])
-    np.testing.assert_allclose(metrics["sum_tokens"], st["n_tok"])
-    np.testing.assert_allclose(metrics["sum_sequences"], st["n_seq"])
-    np.testing.assert_allclose(metrics["clip_frac_low"], st["n_low"] / st["n_tok"], rtol=1e-6)
-    np.testing.assert_allclose(metrics["clip_frac_high"], st["n_high"] / st["n_tok"], rtol=1e-6)
-    np.testing.assert_allclose(metrics["ratio_mean"], st["ratio_mean"], rtol=1e-5)
-    np.testing.assert_allclose(metrics["pg_loss"], st["pg_loss"], rtol=1e-5, atol=1e-6)
+    assert_within(g, exp_grad, bound["grad"], "grad")
+    # Counts of 0/1 floats are exact integers in fp32; a fraction of two of them rounds once.
+    assert metrics["weight"] == st["weight"] and metrics["sum_tokens"] == st["n_tok"]
+    assert metrics["sum_sequences"] == st["n_seq"]
+    np.testing.assert_allclose(metrics["clip_frac_low"], st["n_low"] / st["n_tok"], rtol=U32, atol=0)
+    np.testing.assert_allclose(metrics["clip_frac_high"], st["n_high"] / st["n_tok"], rtol=U32, atol=0)
+    assert_within(metrics["ratio_mean"], st["ratio_mean"], bound["ratio_mean"], "ratio_mean")
+    assert_within(metrics["pg_loss"], st["pg_loss"], bound["pg_loss"], "pg_loss")
     if with_ref:
-        np.testing.assert_allclose(metrics["kl"], st["kl"], rtol=1e-5, atol=1e-7)
+        assert_within(metrics["kl"], st["kl"], bound["kl"], "kl")
     else:
         assert "kl" not in metrics
     return st
@@ -238,8 +296,10 @@ def test_sequence_dropping_options(agg, mask_truncated, drop_zv):
                                    truncated=trunc, zero_variance=zv), has_aux=True)(jnp.asarray(arrays[0]))  # fmt: skip
     (l2, _), g2 = jax.value_and_grad(
         lambda lp: grpo_token_loss(lp, *sub[1:5], full, segment_ids=sub[5]), has_aux=True)(jnp.asarray(sub[0]))  # fmt: skip
-    np.testing.assert_allclose(l1, l2, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(g1)[keep], g2, rtol=1e-6, atol=1e-9)
+    # Two programs (zero-weight rows vs no rows) of one computation, each within its bound of the exact value.
+    bound = fp32_error_bounds(st, cfg.kl_beta)
+    assert_within(l1, l2, 2 * bound["loss"], "loss")
+    assert_within(np.asarray(g1)[keep], g2, 2 * bound["grad"][keep], "grad")
     assert np.all(np.asarray(g1)[~keep] == 0)
 
 
@@ -265,15 +325,22 @@ def test_first_pass_ratio_one(agg):
         expect = -adv[rows].mean()
     else:
         expect = -(adv * n_s).sum() / (16 * rows.sum())
-    np.testing.assert_allclose(loss, expect, rtol=1e-6)
+    # delta = 0 exactly, so rho = exp(0) = 1 and k3 = exp(0) - 0 - 1 = 0 exactly: pg = -A exactly, and the
+    # only error is the aggregation's, a sum of at most B (T + 1) + T values and 3 divisions (tests/tolerances.py).
+    B, T = logp.shape
+    c = m / m.sum() if agg == "token_mean" else m / (16 * rows.sum())
+    if agg == "seq_mean_token_mean":
+        c = m / np.maximum(n_s, 1)[:, None] / rows.sum()
+    assert_within(loss, expect, sum_atol(c * adv[:, None], B * (T + 1) + T + 3))
     assert metrics["clip_frac_low"] == 0 and metrics["clip_frac_high"] == 0
-    np.testing.assert_allclose([metrics["ratio_mean"], metrics["kl"]], [1.0, 0.0], atol=1e-7)
+    assert metrics["ratio_mean"] == 1.0 and metrics["kl"] == 0.0  # sum(m) / sum(m) and a sum of exact zeros
     # Gradient at rho = 1 is -A * (aggregation coefficient), the policy-gradient estimator.
     g = jax.grad(lambda lp: grpo_token_loss(lp, logp, logp, adv, mask, cfg, segment_ids=seg)[0])(
         jnp.asarray(logp)
     )
     if agg == "token_mean":
-        np.testing.assert_allclose(g, -adv[:, None] * m / m.sum(), rtol=1e-5, atol=1e-9)
+        # elementwise: the coefficient 1 / n (1 rounding, 2 if formed as a reciprocal and a product) times -A
+        np.testing.assert_allclose(g, -adv[:, None] * m / m.sum(), rtol=3 * U32, atol=0)
 
 
 def test_bad_config_and_inputs():
@@ -364,21 +431,43 @@ def test_train_step_grad_accumulation_exact(rl_batch, agg):
         agg=agg, max_len=16, mask_truncated=True, drop_zero_variance=True,
     )  # fmt: skip
     assert st["n_low"] + st["n_high"] > 0  # the old policy differs enough for clipping to matter
-    np.testing.assert_allclose(m1["loss"], exp_loss, rtol=1e-5)
-    np.testing.assert_allclose(m2["loss"], exp_loss, rtol=1e-5)
-    np.testing.assert_allclose(m2["weight"], m1["weight"])
-    np.testing.assert_allclose(m2["sum_tokens"], st["n_tok"])
-    np.testing.assert_allclose(m2["sum_sequences"], st["n_seq"])
-    np.testing.assert_allclose(m2["kl"], m1["kl"], rtol=1e-5)
-    np.testing.assert_allclose(m2["sum_clip_low"] + m2["sum_clip_high"], st["n_low"] + st["n_high"])
+    # The train step recomputes the log-probs in its own program: the model's logits in another order move
+    # each log-prob by logprob_atol (tests/tolerances.py); through the loss each token weighs
+    # |d l_t / d logp_t| <= c_t (rho |A| + beta (e^d + 1)).
+    B, T = logp.shape
+    logits = np.asarray(forward(params, jnp.asarray(batch["tokens"]), CFG, segment_ids=batch["segment_ids"],
+                                positions=batch["positions"])[0], np.float64)  # fmt: skip
+    depth = logits_depth(CFG, T)
+    d_logp = logprob_atol(logits, depth)
+    tok = {k: np.abs(v) for k, v in st["tok"].items()}
+    e_d = np.where(tok["c"] > 0, np.exp(st["tok"]["d"]), 0.0)
+    lip_kl = float((tok["c"] * (e_d + 1)).sum())
+    bound = fp32_error_bounds(st, 0.05)
+    per = tok["c"] * (tok["pg"] + 0.05 * tok["kl"])
+    b_loss = d_logp * (float((tok["c"] * tok["rho"] * tok["adv"]).sum()) + 0.05 * lip_kl) + bound["loss"]
+    assert_within(m1["loss"], exp_loss, b_loss, "loss, one micro-batch")
+    # two micro-batches: combined as sum_i w_i L_i / sum_i w_i, 4 more roundings
+    assert_within(m2["loss"], exp_loss, b_loss + 4 * U32 * float(per.sum()), "loss, two micro-batches")
+    assert (
+        m2["weight"] == m1["weight"]
+        and m2["sum_tokens"] == st["n_tok"]
+        and m2["sum_sequences"] == st["n_seq"]
+    )
+    b_kl = d_logp * lip_kl + bound["kl"] + 4 * U32 * float((tok["c"] * tok["kl"]).sum())
+    assert_within(m2["kl"], m1["kl"], 2 * b_kl, "kl")
+    assert m2["sum_clip_low"] + m2["sum_clip_high"] == st["n_low"] + st["n_high"]
     keep = ~(batch["truncated"] | batch["zero_variance"])
     m = batch["loss_mask"] * keep[:, None]
-    np.testing.assert_allclose(m1["entropy"], (ent * m).sum() / m.sum(), rtol=1e-5)  # one micro-batch: exact
+    d_ent = entropy_atol(logits, depth)  # the entropy from the two programs' logits (tests/tolerances.py)
+    w = m / m.sum()
+    assert_within(m1["entropy"], (ent * w).sum(), d_ent + 2 * sum_atol(ent * w, B * T + 1), "entropy")
     moved = 0.0
     for a, b, p0 in zip(jax.tree.leaves(p2), jax.tree.leaves(p1), jax.tree.leaves(params)):
-        # fp32 reduction-order noise, measured against the leaf's largest update (a wrong micro-batch weight
-        # changes whole leaves by tens of percent).
-        np.testing.assert_allclose(a - p0, b - p0, rtol=1e-4, atol=1e-4 * float(np.abs(b - p0).max()) + 1e-9)
+        # SGD(1): the update is -grad, the same gradient in another order: the backward pass retraces the
+        # forward's reductions and each weight's gradient sums over the B T tokens, plus the micro-batch
+        # combination (4 roundings). A wrong micro-batch weight changes whole leaves by tens of percent.
+        atol = reorder_atol(b - p0, 2 * depth + B * T + 4)
+        assert_within(a - p0, b - p0, atol, "update")
         moved = max(moved, float(np.abs(b - p0).max()))
     assert moved > 1e-4  # a real update happened
 

@@ -58,3 +58,128 @@ def keys_depth(cfg, seq_len: int) -> int:
     """Reduction depth of the last layer's cached keys: the layers below, its input norm, k projection, k norm."""
     k_norm = cfg.head_dim if cfg.model_type == "qwen3" else 0
     return (cfg.num_layers - 1) * layer_depth(cfg, seq_len) + 2 * cfg.hidden_size + k_norm
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fp32 JAX against a float64 numpy reference on the same (exactly representable) fp32 inputs: the reference
+# is exact to ~2^-53, so the bound is the fp32 evaluation's own error, counted from its operations.
+# ----------------------------------------------------------------------------------------------------------
+
+#: float64 unit roundoff.
+U64 = 2.0**-53
+
+#: Relative error of XLA's fp32 exp, log, log1p and logistic (log_sigmoid and softplus are built from them),
+#: in units of u: at most 2 ulp, and 1 ulp is at most 2u relative. Basic operations (+ - * / sqrt) round
+#: correctly, each within u of its exact result relative to that result.
+TRANSCENDENTAL = 4
+
+
+def sum_atol(terms, depth: int | None = None) -> float:
+    """Bound on |fp32 sum - exact sum| of `terms` in any order: depth · u · Σ|terms|.
+
+    depth defaults to the number of terms (n - 1 additions, plus one for a final division or scaling); pass
+    the total length of nested reductions and the divisions applied after them where there are several."""
+    t = np.abs(np.asarray(terms, np.float64))
+    return (t.size if depth is None else depth) * U32 * float(t.sum())
+
+
+def assert_within(actual, desired, bound, err_msg: str = "") -> None:
+    """|actual - desired| <= bound elementwise (bound may be an array: a per-element derived error)."""
+    actual, desired, bound = np.broadcast_arrays(
+        np.asarray(actual, np.float64), np.asarray(desired, np.float64), np.asarray(bound, np.float64)
+    )
+    diff = np.abs(actual - desired)
+    bad = ~(diff <= bound)
+    if bad.any():
+        i = np.unravel_index(np.argmax(np.where(bad, diff - bound, -np.inf)), bad.shape)
+        raise AssertionError(
+            f"{err_msg} {int(bad.sum())}/{bad.size} elements outside the derived bound; worst at {i}: "
+            f"actual {actual[i]!r}, desired {desired[i]!r}, |diff| {diff[i]:.3e} > bound {bound[i]:.3e}"
+        )
+
+
+def group_advantage_atol(ref, rewards, eps: float, *, ddof: int = 0, scale_by_std: bool = True):
+    """Bound on |group_advantages(...) - ref| for one group: two float64 programs (the library's and a
+    reference's, summing in any order) of A = (r - mean) / (std + eps), then the library's cast to fp32.
+
+    In float64 (unit roundoff U64) the mean errs by (n + 1) U64 max|r| and the centered c = r - mean by
+    dc = (n + 2) U64 max|r| -- an absolute error, large relative to c when the spread is near rounding level.
+    std moves by at most dc sqrt(n / (n - ddof)) (Cauchy-Schwarz on sum |c| dc) plus its own (n + 2) U64 std,
+    so A moves by (dc (1 + |A| sqrt(n / (n - ddof)))) / (std + eps) + (n + 3) U64 |A|. Twice that (two
+    programs), plus u |ref| for the fp32 rounding of the result."""
+    ref, r = np.abs(np.asarray(ref, np.float64)), np.asarray(rewards, np.float64)
+    n = r.size
+    dc = (n + 2) * U64 * float(np.abs(r).max())
+    if not scale_by_std:
+        return U32 * ref + 2 * dc
+    std = float(np.sqrt(((r - r.mean()) ** 2).sum() / max(n - ddof, 1)))
+    f64 = (dc * (1 + ref * np.sqrt(n / max(n - ddof, 1)))) / (std + eps) + (n + 3) * U64 * ref
+    return U32 * ref + 2 * f64
+
+
+def logprob_atol(logits, depth: int) -> float:
+    """Bound on |a - b| for log-softmax values (picked logit minus log-sum-exp over V) from two programs whose
+    logits are two evaluation orders of depth `depth` (reorder_atol), each log-softmax evaluated in fp32 in
+    any order (a float64 reference on one side only makes this an upper bound).
+
+    The picked logit and the log-sum-exp each move by at most the logits' error (the lse is 1-Lipschitz in
+    the max norm): twice reorder_atol. Per program, lse = m + log(sum exp(l - m)): l - m rounds by u|l - m|,
+    exp by TRANSCENDENTAL u, so the V-term sum errs by (V + TRANSCENDENTAL + range) u relative, as its log
+    absolutely, plus the log's own TRANSCENDENTAL u and the roundings of m + log and of the picked - lse,
+    u (|lse| + |logp|) <= u (2 max|l| + 2 log V)."""
+    logits = np.asarray(logits, np.float64)
+    V, l_max = logits.shape[-1], float(np.abs(logits).max())
+    spread = float((logits.max(-1) - logits.min(-1)).max())
+    own = (V + 2 * TRANSCENDENTAL + spread) * U32 + U32 * (2 * l_max + 2 * np.log(V))
+    return 2 * reorder_atol(logits, depth) + 2 * own
+
+
+def entropy_atol(logits, depth: int) -> float:
+    """Bound on |a - b| for the entropy H = lse - sum_v p_v l_v from two programs (as logprob_atol).
+
+    Logits moved by <= dl (reorder_atol): dH = -sum_v dp_v l_v = -sum_v p_v (dl_v - E dl)(l_v - E l), so
+    |dH| <= 2 dl range(l). Per program: lse as in logprob_atol, then p = exp(l - lse) errs by
+    (TRANSCENDENTAL + 2 + range) u relative, and the V-term sum of p l by V u sum p |l| <= V u max|l|, plus
+    the final subtraction u (|lse| + max|l|)."""
+    logits = np.asarray(logits, np.float64)
+    V, l_max = logits.shape[-1], float(np.abs(logits).max())
+    spread = float((logits.max(-1) - logits.min(-1)).max())
+    lse = (V + 2 * TRANSCENDENTAL + spread) * U32 + U32 * (l_max + np.log(V))
+    own = lse + (V + TRANSCENDENTAL + 2 + spread) * U32 * l_max + U32 * (2 * l_max + np.log(V))
+    return 2 * reorder_atol(logits, depth) * spread + 2 * own
+
+
+def adam_first_step_atol(grads, params, *, lr: float, eps: float, clip_norm: float, depth: int):
+    """Per-element bounds on |p_a - p_b| after one AdamW step from zero moments (optax.adamw after
+    clip_by_global_norm, as storm_jax.train.optim builds it) in two programs whose raw gradients are two
+    evaluation orders, of depth `depth`, of `grads` (a tree of float64 arrays, the same structure as params).
+
+    Returns (tree of bounds, bound on |grad_norm_a - grad_norm_b|).
+
+    Each gradient leaf errs by dg = reorder_atol(leaf, depth). The global norm by ||dg|| plus its own sum of
+    squares reordered (per-leaf sums, then across leaves: n = largest leaf + number of leaves, 2 n u relative
+    in the square, n u in the norm). Clipping scales by s = clip / norm (when norm > clip), whose relative
+    error is that of the norm plus 2 roundings. After bias correction the first update is
+    f(g) = g / (|g| + eps) with f'(g) = eps / (|g| + eps)^2, taken at the low end of the interval (|g| - dg)+
+    and capped at 2 (|f| < 1): the gradient's noise is amplified up to 1 / eps where |g| << eps. Each program
+    rounds f about 10 times (moments, bias corrections, sqrt, + eps, division) relative to |f| <= 1, and the
+    parameter update twice more (lr (f + wd p), p - that) relative to |p|."""
+    import jax
+
+    leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
+    p_leaves = [np.asarray(p, np.float64) for p in jax.tree.leaves(params)]
+    norm = float(np.sqrt(sum(float((g**2).sum()) for g in leaves)))
+    dgs = [reorder_atol(g, depth) for g in leaves]
+    n_sq = max(g.size for g in leaves) + len(leaves)
+    d_norm = float(np.sqrt(sum(d * d * g.size for d, g in zip(dgs, leaves)))) + n_sq * U32 * norm
+    clipped = clip_norm > 0 and norm > clip_norm
+    s = clip_norm / norm if clipped else 1.0
+    rel_s = (d_norm / norm + 2 * U32) if clipped else 0.0
+    out = []
+    for g, dg, p in zip(leaves, dgs, p_leaves):
+        gc = s * np.abs(g)
+        dgc = s * dg + gc * rel_s
+        sens = eps / (np.maximum(gc - dgc, 0.0) + eps) ** 2
+        d_f = np.minimum(sens * dgc, 2.0)
+        out.append(lr * (d_f + 2 * 10 * U32) + 2 * 2 * U32 * (np.abs(p) + lr))
+    return jax.tree.unflatten(jax.tree.structure(params), out), d_norm
