@@ -1,6 +1,6 @@
 """Training throughput of the JAX SFT step vs a PyTorch AdamW step on the ~100M anchor Qwen3.
 
-  python bench/train_step.py [--steps 3] [--seq 512] [--batch 4] [--no-torch] [--remat none]
+  python bench/train_step.py [--steps 3] [--seq 512] [--batch 4] [--chunk 0] [--unfused] [--no-torch] [--remat none]
 
 Prints: the measured fp32 matmul peak of this host (same run), JAX tokens/s + MFU against it, torch tokens/s
 (transformers Qwen3ForCausalLM, torch.optim.AdamW, same shapes; as /work/shared/anchors/b4a_torch_train.py)
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def jax_bench(seq: int, batch: int, steps: int, remat: str, chunk: int) -> dict:
+def jax_bench(seq: int, batch: int, steps: int, remat: str, chunk: int, fused: bool = True) -> dict:
     import jax
 
     from storm_jax.config import base_config, validate
@@ -35,6 +35,9 @@ def jax_bench(seq: int, batch: int, steps: int, remat: str, chunk: int) -> dict:
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
     c.optim.lr, c.optim.weight_decay = 1e-4, 0.01
     c.train.logprob_chunk = chunk
+    c.train.fused_head = (
+        fused  # with a chunk: the head gradient formed in the forward pass (train/fused_head.py)
+    )
     validate(c, num_devices=1)
     dev = jax.devices()[:1]
     run = build_run(c, devices=dev)
@@ -115,9 +118,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--remat", default="none")
     ap.add_argument("--chunk", type=int, default=0, help="logprob time chunk (0 = full logits, as torch)")
+    ap.add_argument("--unfused", action="store_true", help="with --chunk: recompute chunk logits in backward")
     ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args(argv)
-    res = {"jax": jax_bench(a.seq, a.batch, a.steps, a.remat, a.chunk)}
+    res = {"jax": jax_bench(a.seq, a.batch, a.steps, a.remat, a.chunk, not a.unfused)}
     if not a.no_torch:
         res["torch"] = torch_bench(a.seq, a.batch, a.steps)
         res["jax_over_torch_tokens_per_s"] = res["jax"]["tokens_per_s"] / res["torch"]["tokens_per_s"]

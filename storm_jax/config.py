@@ -98,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.loss_norm = "token"  # token: per token over the global batch | sequence: per document
     c.train.logprob_chunk = 0  # time-chunk of the vocab projection in the loss (0 = whole sequence)
     c.train.skip_masked_chunks = False  # SFT: chunks with no loss token skip the vocab projection (same loss)
+    c.train.fused_head = True  # SFT (chunked): the head gradient is formed in the forward pass, no recompute
     c.train.log_every = 10
     c.train.eval_every = 0  # 0 = no periodic eval
     c.train.eval_batches = 4

@@ -22,6 +22,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from storm_jax.train.dynamic_sampling import draw_cap
+
 USAGE = """usage: storm-jax pipeline [--config=RECIPE|FILE[:VARIANT]] [--config.KEY=VALUE ...]
 
 Runs SFT -> score -> GRPO -> score on the config's data (default: the storm_tiny recipe, a tiny Qwen3 on the
@@ -146,7 +148,7 @@ def sampling_line(g: ml_collections.ConfigDict, history: dict[str, list[float]])
     share = 1.0 - kept / drawn if drawn else 0.0
     return (
         f"Dynamic sampling: {int(drawn)} groups drawn, {int(kept)} kept with non-zero reward variance "
-        f"(filtered share {share:.2f}; at most {g.max_draws_per_step or 4 * g.problems_per_step} draws a step)"
+        f"(filtered share {share:.2f}; at most {draw_cap(g)} draws a step)"
     )
 
 

@@ -21,6 +21,11 @@ from typing import Any
 import numpy as np
 
 
+def draw_cap(g: Any) -> int:
+    """Most groups one step may draw: `grpo.max_draws_per_step`, where 0 means 4 x problems_per_step."""
+    return int(g.max_draws_per_step) or 4 * int(g.problems_per_step)
+
+
 class ProblemSampler:
     """Seeded epoch permutations of problem indices; its state goes into checkpoints."""
 

@@ -38,7 +38,7 @@ from storm_jax.rewards import DEFAULT_CONFIG, ScoringConfig, is_correct
 from storm_jax.sampling.rollout import RolloutConfig, RolloutRequest, Trajectory, rollout
 from storm_jax.sampling.sampler import EngineConfig, Sampler, SamplingParams
 from storm_jax.train import grpo_multihost
-from storm_jax.train.dynamic_sampling import Group, ProblemBatches, ProblemSampler, collect_groups
+from storm_jax.train.dynamic_sampling import Group, ProblemBatches, ProblemSampler, collect_groups, draw_cap
 from storm_jax.train.grpo_loss import GRPOLossConfig, estimate_advantages
 from storm_jax.train.loop import FAULT_ENV, loop_options, run_loop
 from storm_jax.train.losses import batch_logprobs, make_loss
@@ -367,9 +367,7 @@ def train_grpo(
             return [Group(i, got[k * G : (k + 1) * G], r[k * G : (k + 1) * G], c[k * G : (k + 1) * G])
                     for k, i in enumerate(ids)]  # fmt: skip
 
-        col = collect_groups(
-            draw, roll, target=P, max_draws=g.max_draws_per_step or 4 * P, dynamic=g.dynamic_sampling
-        )
+        col = collect_groups(draw, roll, target=P, max_draws=draw_cap(g), dynamic=g.dynamic_sampling)
         t_roll = time.perf_counter() - t0
         roll_stats = grpo_multihost.global_rollout_stats(local_trajs)
         trajs = [t for gr in col.groups for t in gr.trajs]

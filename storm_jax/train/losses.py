@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from storm_jax.models.qwen import ModelConfig
 from storm_jax.parallel.mesh import MeshRules
+from storm_jax.train.fused_head import weighted_logprob_sum
 from storm_jax.train.logprobs import token_logprobs
 
 LossFn = Callable[[Any, dict, ModelConfig], tuple[jax.Array, dict]]
@@ -97,6 +98,24 @@ def masked_sequence_mean(
     return jnp.sum(per_doc) / jnp.maximum(n_docs, 1.0), n_docs
 
 
+def normalization_weights(
+    mask: jax.Array, segment_ids: jax.Array, normalization: str
+) -> tuple[jax.Array, jax.Array]:
+    """Constant weights c [B, T] with NORMALIZATIONS[normalization](v, mask, seg)[0] == sum(c * v), and the weight.
+
+    The SFT loss is linear in the per-token values, so these weights are all the fused head needs."""
+    m = mask.astype(jnp.float32) * (segment_ids != 0)
+    if normalization == "token":
+        n = jnp.sum(m)
+        return m / jnp.maximum(n, 1.0), n
+    B, T = m.shape
+    doc = (jnp.arange(B)[:, None] * T + segment_ids).reshape(-1)
+    counts = jax.ops.segment_sum(m.reshape(-1), doc, num_segments=B * (T + 1))
+    n_docs = jnp.sum((counts > 0).astype(jnp.float32))
+    per_tok = counts[doc].reshape(B, T)
+    return m / (jnp.maximum(per_tok, 1.0) * jnp.maximum(n_docs, 1.0)), n_docs
+
+
 #: SFT normalizations: name -> (values, mask, segment_ids) -> (loss, micro-batch weight).
 NORMALIZATIONS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]] = {
     "token": lambda values, mask, segment_ids: masked_token_mean(values, mask),
@@ -111,14 +130,32 @@ def make_sft_loss(
     chunk_size: int = 0,
     mesh_rules: MeshRules | None = None,
     skip_masked_chunks: bool = False,
+    fused: bool = False,
 ) -> LossFn:
     """SFT loss: masked mean of -token_logprobs over batch["loss_mask"] (token or sequence normalization).
+
+    fused (with chunk_size): the vocabulary projection's gradient is formed in the forward pass
+    (train/fused_head.py: no recompute of the chunk logits; chunks without a loss token are skipped); same loss
+    and gradients up to fp32 summation order.
 
     skip_masked_chunks (with chunk_size): time chunks without a loss token skip the vocabulary projection
     (token_logprobs `needed`); the loss and gradients are unchanged, only unused work is dropped."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"loss normalization {normalization!r}: expected one of {sorted(NORMALIZATIONS)}")
     normalize = NORMALIZATIONS[normalization]
+
+    def fused_loss_fn(params, batch, model_cfg: ModelConfig):
+        mask = batch["loss_mask"].astype(jnp.float32) * (batch["segment_ids"] != 0)
+        c, weight = normalization_weights(mask, batch["segment_ids"], normalization)
+        total, logp = weighted_logprob_sum(
+            params, model_cfg, batch["tokens"], batch["targets"], c, chunk_size=chunk_size,
+            segment_ids=batch["segment_ids"], positions=batch["positions"], mesh_rules=mesh_rules,
+        )  # fmt: skip
+        tok_loss, n_tok = masked_token_mean(-logp, mask)
+        return -total, {"weight": weight, "token_nll": tok_loss, "sum_loss_tokens": n_tok}
+
+    if fused and chunk_size:
+        return fused_loss_fn
 
     def loss_fn(params, batch, model_cfg: ModelConfig):
         mask = batch["loss_mask"].astype(jnp.float32) * (batch["segment_ids"] != 0)

@@ -140,6 +140,7 @@ def sft_loss(cfg: ml_collections.ConfigDict, mesh_rules) -> Any:
         chunk_size=cfg.train.logprob_chunk,
         mesh_rules=mesh_rules,
         skip_masked_chunks=bool(cfg.train.get("skip_masked_chunks", False)),
+        fused=bool(cfg.train.get("fused_head", False)),
     )
 
 

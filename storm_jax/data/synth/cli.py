@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from storm_jax.data.synth.families import FAMILIES
+from storm_jax.data.synth.families import ALL_FAMILIES, FAMILIES
 from storm_jax.data.synth.generate import SynthConfig, generate
 from storm_jax.data.synth.runner import LocalRunner, PoolRunner
 
@@ -67,7 +67,7 @@ def _runner(kind: str):
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     fams = (
-        tuple(FAMILIES)
+        ALL_FAMILIES
         if args.families == "all"
         else tuple(f.strip() for f in args.families.split(",") if f.strip())
     )

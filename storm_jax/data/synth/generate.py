@@ -14,14 +14,14 @@ from typing import Any
 from storm_jax.data.format import render
 from storm_jax.data.synth.augment import AUGMENTATIONS, augment
 from storm_jax.data.synth.core import Instance
-from storm_jax.data.synth.families import FAMILIES, get_family
+from storm_jax.data.synth.families import ALL_FAMILIES, get_family
 from storm_jax.data.synth.runner import RunResult, answers_match
 from storm_jax.data.synth.trajectories import SYSTEM_PROMPT, gold_segments, make_bug
 
 
 @dataclasses.dataclass(frozen=True)
 class SynthConfig:
-    families: tuple[str, ...] = tuple(FAMILIES)
+    families: tuple[str, ...] = ALL_FAMILIES
     n: int = 100
     seed: int = 0
     sizes: tuple[int, ...] = (0, 1, 2)
@@ -155,7 +155,8 @@ def generate(
 ) -> SynthOutput:
     """Generate `cfg.n` candidate instances, verify each through `runner` and build all rows.
 
-    Rows failing verification are dropped and counted in `stats["dropped"]` by reason.
+    Rows failing verification are dropped and counted in `stats["dropped"]` by reason, and so are held-out
+    problems whose statement is also a training problem's.
     """
     it: Iterator[int] = iter(range(start, start + cfg.n))
     if progress is not None:
@@ -184,6 +185,12 @@ def generate(
         styles[style] += 1
         out.sft_chat.append(chat)
         out.sft_traj.append(traj)
+    # A held-out problem must never be one trained on: small families repeat statements by chance.
+    seen = {r["question"] for r in out.train_problems}
+    kept = [r for r in out.heldout_problems if r["question"] not in seen]
+    if len(kept) < len(out.heldout_problems):
+        dropped["heldout_also_in_train"] += len(out.heldout_problems) - len(kept)
+        out.heldout_problems = kept
     out.stats = {
         "seed": cfg.seed,
         "candidates": cfg.n,

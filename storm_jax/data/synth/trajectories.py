@@ -24,6 +24,9 @@ SYSTEM_PROMPT = (
 
 STYLES = ("plain", "recovery", "thinking")
 
+#: Families whose trajectories carry no filler sentences (the tiny CPU demos: every token costs there).
+TERSE_FAMILIES = ("arith", "cart")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Deliberate bugs: each breaks the program in its own top-level code so the traceback shows only main.py
@@ -81,13 +84,13 @@ def make_bug(code: str, rng: random.Random) -> tuple[str, str] | None:
 def _answer_sentence(inst: Instance, answer: float | str) -> str:
     if answer == "infeasible":
         return "The solver reports that no plan satisfies all the constraints, so the problem is infeasible.\n\n\\boxed{infeasible}"
-    if inst.family == "arith":
+    if inst.family in TERSE_FAMILIES:
         return f"\\boxed{{{fmt_answer(answer)}}}"
     return f"The solver finds an optimal solution with objective value {fmt_answer(answer)}.\n\n\\boxed{{{fmt_answer(answer)}}}"
 
 
 def _intro(inst: Instance) -> str:
-    if inst.family == "arith":
+    if inst.family in TERSE_FAMILIES:
         return inst.reasoning + "\n"
     return inst.reasoning + "\n\nI will write this model in pyomo and solve it with HiGHS.\n"
 
