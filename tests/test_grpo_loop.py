@@ -202,6 +202,10 @@ def test_train_grpo_keeps_ref_params_in_checkpoints_and_reports_zero_variance(tm
     # dynamic sampling drew to the cap each step (3 problems), kept none with variance
     assert [(r["groups_drawn"], r["groups_kept"], r["filtered_share"]) for r in rows] == [(3.0, 0.0, 1.0)] * 2
     assert _ckpt_data_state(cfg, rules, 2) == {"epoch": 0, "pos": 6}  # every draw is in the checkpoint
+    # no row carried a gradient, so no update ran: the policy is bit-for-bit the start
+    assert [r["updates"] for r in rows] == [0.0, 0.0] and all(r["loss"] == 0.0 for r in rows)
+    for a, b in zip(jax.tree.leaves(out["params"]), jax.tree.leaves(p0)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(_ckpt_ref(cfg, rules, 2, p0)), jax.tree.leaves(p0)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

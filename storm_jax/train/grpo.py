@@ -397,6 +397,10 @@ def train_grpo(
         for epoch in range(g.ppo_epochs):
             for s in range(0, n_traj, mb_rows):
                 sel = order[s : s + mb_rows]
+                if not keep[sel].any():
+                    # every row is masked out (zero-variance groups dropped): the gradient is exactly 0, so the
+                    # forward/backward would be pure cost; the update (and the optimizer state) is skipped
+                    continue
                 nb = build_batch(
                     [trajs[i] for i in sel],
                     A[sel],
@@ -418,7 +422,8 @@ def train_grpo(
                 for k, v in jax.device_get(m).items():
                     m_acc[k] = m_acc.get(k, 0.0) + float(v)
                 n_upd += 1
-        out = {k: v / n_upd for k, v in m_acc.items()}
+        out = {k: v / n_upd for k, v in m_acc.items()} if n_upd else {"loss": 0.0}
+        out["updates"] = float(n_upd)
         out.update(roll_stats)
         out.update({f"adv_{k}" if not k.startswith("adv") else k: v for k, v in adv.stats().items()})
         out.update(
