@@ -2,7 +2,8 @@
 something a ~10M-parameter model can learn in minutes.
 
 - SFT has to teach copying: the program's only varying parts are three numbers from the question (one digit,
-  one digit, two digits, in the order the question states them) and the printed optimum in the answer.
+  one digit, two digits, in the order the question states them), each right after tokens of its own
+  (`expr=V`, `m.n * W`, `<= CAP`), and the answer is the printed optimum verbatim (a whole number).
 - GRPO has something left to fix: every gold program is correct, but when the capacity is a multiple of the
   weight the teacher declares the count continuous (the relaxation has the same optimum there, so the
   solver-verified answer is still right). A model cannot tell from imitation when dropping integrality is
@@ -50,7 +51,7 @@ class Cart(Family):
             f"m.obj = pyo.Objective(expr={p['v']} * m.n, sense=pyo.maximize)\n"
             f"m.cap = pyo.Constraint(expr=m.n * {p['w']} <= {p['cap']})\n"
             'pyo.SolverFactory("appsi_highs").solve(m)\n'
-            'print("OBJECTIVE:", round(pyo.value(m.obj), 6))\n'
+            'print("OBJECTIVE:", round(pyo.value(m.obj)))\n'
         )
 
     def form(self, p):
