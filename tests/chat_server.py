@@ -40,14 +40,25 @@ class ChatServer:
                     server.bodies.append(body)
                     server.auth.append(self.headers.get("Authorization", ""))
                     b = server.behaviours.pop(0) if server.behaviours else ("ok", 0.0)
-                try:
-                    self._serve(b, body)
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
+                left = [False]
 
-            def _serve(self, b, body):
+                def leave():
+                    # counted out *before* the reply is written: once the client has the reply it may send
+                    # the next request, and counting out after the write would overlap the two (a client
+                    # capped at 3 would seem to have 4 in flight)
+                    with server._lock:
+                        if not left[0]:
+                            left[0] = True
+                            server.in_flight -= 1
+
+                try:
+                    self._serve(b, body, leave)
+                finally:
+                    leave()
+
+            def _serve(self, b, body, leave):
                 if b[0] == "status":
+                    leave()
                     payload = json.dumps({"error": {"message": f"scripted {b[1]}", "type": "test"}}).encode()
                     self.send_response(b[1])
                     for k, v in (b[2] if len(b) > 2 else {}).items():
@@ -65,6 +76,7 @@ class ChatServer:
                                  "message": {"role": "assistant", "content": text}}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
                 }).encode()  # fmt: skip
+                leave()
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")

@@ -64,16 +64,20 @@ def test_4xx_is_not_retried(key_env):
 
 
 def test_timeout_is_retried(key_env):
-    with ChatServer([("ok", 2.0)]) as srv:
+    # the first reply would take 6 s: finishing well before that shows the 0.5 s timeout cut it (the margin
+    # leaves seconds for a loaded machine's thread scheduling, not milliseconds)
+    with ChatServer([("ok", 6.0)]) as srv:
         c = _client(srv.url, key_env, timeout_s=0.5)
         t0 = time.monotonic()
         assert c.complete(MSG).text == "echo: hello"
-        assert time.monotonic() - t0 < 2.0  # the first attempt was cut at 0.5 s
+        assert time.monotonic() - t0 < 4.0
         assert srv.requests == 2 and c.stats.retries == 1
 
 
 def test_concurrency_cap_is_respected(key_env):
-    with ChatServer([("ok", 0.2)] * 12) as srv:
+    # each reply holds its slot 0.6 s, so the 12 threads (all started at once) have time to fill the 3 slots
+    # even when a loaded machine schedules them late; more than 3 at once would break the cap
+    with ChatServer([("ok", 0.6)] * 12) as srv:
         c = _client(srv.url, key_env, max_concurrency=3)
         with cf.ThreadPoolExecutor(12) as ex:
             outs = list(ex.map(lambda i: c.complete([{"role": "user", "content": f"q{i}"}]), range(12)))
