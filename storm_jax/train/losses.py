@@ -80,6 +80,14 @@ def masked_token_mean(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, ja
     return jnp.sum(values * m) / jnp.maximum(n, 1.0), n
 
 
+def _documents(m: jax.Array, segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(flat document index of every position, masked-token count of every document); documents are
+    (row, segment id) pairs, and segment ids are < T + 1 per row."""
+    B, T = m.shape
+    doc = (jnp.arange(B)[:, None] * T + segment_ids).reshape(-1)
+    return doc, jax.ops.segment_sum(m.reshape(-1), doc, num_segments=B * (T + 1))
+
+
 def masked_sequence_mean(
     values: jax.Array, mask: jax.Array, segment_ids: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -89,9 +97,8 @@ def masked_sequence_mean(
     """
     B, T = values.shape
     m = mask.astype(jnp.float32) * (segment_ids != 0)
-    doc = (jnp.arange(B)[:, None] * T + segment_ids).reshape(-1)  # segment ids are < T+1 per row
+    doc, counts = _documents(m, segment_ids)
     sums = jax.ops.segment_sum((values * m).reshape(-1), doc, num_segments=B * (T + 1))
-    counts = jax.ops.segment_sum(m.reshape(-1), doc, num_segments=B * (T + 1))
     has = counts > 0
     per_doc = jnp.where(has, sums / jnp.maximum(counts, 1.0), 0.0)
     n_docs = jnp.sum(has.astype(jnp.float32))
@@ -108,11 +115,9 @@ def normalization_weights(
     if normalization == "token":
         n = jnp.sum(m)
         return m / jnp.maximum(n, 1.0), n
-    B, T = m.shape
-    doc = (jnp.arange(B)[:, None] * T + segment_ids).reshape(-1)
-    counts = jax.ops.segment_sum(m.reshape(-1), doc, num_segments=B * (T + 1))
+    doc, counts = _documents(m, segment_ids)
     n_docs = jnp.sum((counts > 0).astype(jnp.float32))
-    per_tok = counts[doc].reshape(B, T)
+    per_tok = counts[doc].reshape(m.shape)
     return m / (jnp.maximum(per_tok, 1.0) * jnp.maximum(n_docs, 1.0)), n_docs
 
 
