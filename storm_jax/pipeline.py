@@ -135,9 +135,10 @@ What these numbers mean: pass@1 is the share of held-out problems ({eval_path}; 
 trajectory is correct under the `{protocol}` protocol, the answer taken from `{answer_from}` ({answer_rule});
 every program was really executed during the rollout. A rise after SFT
 and again after GRPO shows that each stage of the recipe does what it claims on this data. What they do not
-mean: the default model is a tiny random-init Qwen3 (~10M parameters, nearly all of them the embedding) trained
-for minutes on synthetic template problems; it is not an OR solver, and these numbers say nothing about
-benchmark accuracy at full scale."""
+mean: this model ({n_params:,} parameters, {vocab:,} vocabulary rows) was trained from a random init for minutes;
+on the default's synthetic one-template problems it learns to copy the question's numbers into a fixed program
+and (through GRPO's reward) when integrality matters. It is not an OR solver, and these numbers say nothing
+about benchmark accuracy at full scale."""
 
 
 def sampling_line(g: ml_collections.ConfigDict, history: dict[str, list[float]]) -> str:
@@ -173,7 +174,7 @@ def run_pipeline(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any
     from storm_jax.config import save_config
     from storm_jax.execution.pool import ExecutionConfig, ExecutionPool
     from storm_jax.parallel.multihost import ensure_initialized, is_main
-    from storm_jax.tokenizer import load_tokenizer
+    from storm_jax.tokenizer import config_tokenizer
     from storm_jax.train.grpo import train_grpo
     from storm_jax.train.sft import train_sft
 
@@ -199,7 +200,7 @@ def run_pipeline(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any
     t_sft = time.perf_counter() - t0
     run = sft["run"]
     params = sft["state"].params
-    tokenizer = load_tokenizer(cfg.data.tokenizer_path or cfg.init_from_hf or None)
+    tokenizer = config_tokenizer(cfg, run.model_cfg.vocab_size)
     exec_cfg = ExecutionConfig(wall_s=g.exec_timeout_s, cpu_s=g.exec_timeout_s)
     with ExecutionPool(num_workers=g.exec_workers, config=exec_cfg) as pool:
         echo(f"== 2/4 score the SFT model on {g.eval_path} ==")
@@ -252,6 +253,8 @@ def run_pipeline(cfg: ml_collections.ConfigDict, *, echo=print) -> dict[str, Any
                 answer_from=g.answer_from,
                 eval_path=g.eval_path,
                 answer_rule=ANSWER_RULES.get(g.answer_from, g.answer_from),
+                n_params=sum(int(x.size) for x in jax.tree.leaves(params)),
+                vocab=run.model_cfg.vocab_size,
             ),  # fmt: skip
         ]
     )

@@ -330,16 +330,25 @@ def _load_backend_file(path: str, _mtime_ns: int):
 
 def build_tokenizer(*, rebuild: bool = False):
     """The built Qwen3 tokenizer as a `transformers.PreTrainedTokenizerFast` (from the cache)."""
-    from transformers import PreTrainedTokenizerFast
-
     try:
         path = built_tokenizer_file(rebuild=rebuild)
         backend = _load_backend_file(str(path), path.stat().st_mtime_ns)
     except OSError as e:  # e.g. a read-only home directory: build in memory, every time
         log.warning("tokenizer cache unusable (%s); building in memory. Set STORM_CACHE_DIR to cache it.", e)
         backend = build_backend()
+    tok = wrap_backend(backend)
+    if len(tok) != VOCAB_SIZE or tok.convert_tokens_to_ids("<think>") != THINK_OPEN:
+        raise AssertionError(f"wrapping shifted the vocabulary: {len(tok)} tokens")
+    return tok
+
+
+def wrap_backend(backend):
+    """A `tokenizers.Tokenizer` holding the Qwen3 added tokens as a `PreTrainedTokenizerFast` with Qwen3's
+    special-token roles and our chat template (the full tokenizer and trimmed ones, tokenizer_trim.py)."""
+    from transformers import PreTrainedTokenizerFast
+
     # The tokens are already in the backend: naming them here only marks them, it adds no new ids.
-    tok = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -350,9 +359,6 @@ def build_tokenizer(*, rebuild: bool = False):
         model_max_length=262144,
         chat_template=CHAT_TEMPLATE,
     )
-    if len(tok) != VOCAB_SIZE or tok.convert_tokens_to_ids("<think>") != THINK_OPEN:
-        raise AssertionError(f"wrapping shifted the vocabulary: {len(tok)} tokens")
-    return tok
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -375,6 +381,24 @@ def load_tokenizer(checkpoint_dir: str | os.PathLike | None = None):
                 tok.chat_template = CHAT_TEMPLATE
             return tok
     return build_tokenizer()
+
+
+def config_tokenizer(cfg, vocab_size: int | None = None):
+    """The tokenizer a training config names: `data.tokenizer_path`, else `init_from_hf`'s, else Qwen3's.
+
+    With `vocab_size` (the model's embedding rows) a tokenizer with more ids than that is refused: an id past
+    the table would be clamped silently by the embedding gather, not flagged.
+    """
+    tok = load_tokenizer(cfg.data.tokenizer_path or cfg.init_from_hf or None)
+    if vocab_size is not None and len(tok) > vocab_size:
+        where = (
+            f"data.tokenizer_path={cfg.data.tokenizer_path}" if cfg.data.tokenizer_path else "the tokenizer"
+        )
+        raise ValueError(
+            f"model.vocab_size={vocab_size} is smaller than {where} ({len(tok)} ids): set model.vocab_size "
+            f">= {len(tok)}"
+        )
+    return tok
 
 
 def save_tokenizer(tok, out_dir: str | os.PathLike) -> list[str]:

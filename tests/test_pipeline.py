@@ -51,19 +51,22 @@ def test_smoke_pipeline_runs_every_stage(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the embedded default does not learn yet: held-out pass@1 0 after SFT (a tiny model needs ~600 SFT "
-    "steps to start copying numbers; see README)",
-)
-def test_default_pipeline_learns_on_cpu(tmp_path):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_pipeline_learns_on_cpu(tmp_path, seed):
     """The README's first command: SFT and then GRPO visibly raise held-out pass@1 (issue 19's bar).
 
-    About 10 minutes on 2 quiet CPU cores. Held-out problems are never trained on; scoring is greedy.
+    About 3.5 minutes per seed on 2 quiet CPU cores. Held-out problems are never trained on; scoring is greedy.
     """
     work = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    cmd = [sys.executable, "-m", "storm_jax.cli", "pipeline", f"--config.workdir={work}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "storm_jax.cli",
+        "pipeline",
+        f"--config.workdir={work}",
+        f"--config.seed={seed}",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((work / "report.json").read_text())
@@ -74,9 +77,13 @@ def test_default_pipeline_learns_on_cpu(tmp_path):
     curve = report["history"]["reward"]
     third = max(len(curve) // 3, 1)
     assert np.mean(curve[-third:]) > np.mean(curve[:third]), curve  # the reward curve rises
-    # dynamic sampling kept the configured number of non-zero-variance groups on most steps
+    # dynamic sampling: every step either filled its groups with non-zero-variance ones or drew up to the cap
+    # (a policy that solves every drawn problem leaves nothing to keep, and that is the right outcome)
     cfg = load_config("storm_tiny", num_devices=1)
-    kept = report["history"]["groups_kept"]
-    assert (
-        len(kept) == cfg.grpo.steps and sum(k == cfg.grpo.problems_per_step for k in kept) >= len(kept) // 2
+    g = cfg.grpo
+    kept, drawn = report["history"]["groups_kept"], report["history"]["groups_drawn"]
+    assert len(kept) == g.steps
+    assert all(k == g.problems_per_step or d == g.max_draws_per_step for k, d in zip(kept, drawn)), (
+        kept,
+        drawn,
     )

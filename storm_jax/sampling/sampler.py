@@ -45,6 +45,7 @@ decode weight layout).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -101,6 +102,12 @@ class Sampler:
             "copy_calls": 0,
             "prefill_tokens": 0,
             "evictions": 0,
+            # host wall seconds (a GRPO step's breakdown): decode chunks, prefill, and idle waits for tool
+            # results while no slot could decode
+            "decode_s": 0.0,
+            "prefill_s": 0.0,
+            "tool_wait_s": 0.0,
+            "decoded_tokens": 0,
         }
 
     @property
@@ -351,7 +358,10 @@ class Sampler:
                     jobs.append((seq.slot, full[seq.cached : len(full) - 1], seq.cached))
                     seq.cached = len(full) - 1
             if jobs:
+                t_pre = time.perf_counter()
                 self._prefill(jobs)
+                jax.block_until_ready(self.k)  # so the wall time is the prefill's, not the next chunk's
+                self.stats["prefill_s"] += time.perf_counter() - t_pre
             self._copy(copies)
             for seq in slot_of:
                 if seq is not None:
@@ -362,13 +372,16 @@ class Sampler:
                 if paused:
                     # with a feed, wake up often: new requests must not wait for a tool call
                     wait_s = 1.0 if feed is None else 0.02
+                    t_wait = time.perf_counter()
                     cf.wait([s.future for s in paused], return_when=cf.FIRST_COMPLETED, timeout=wait_s)
+                    self.stats["tool_wait_s"] += time.perf_counter() - t_wait
                     continue
                 if queue or feed is not None:
                     continue
                 break
             slots, forced, n_forced = self._slot_arrays(slot_of, budget)
             longest = max(int(self.lengths[s.slot]) for s in running)
+            t_dec = time.perf_counter()
             self.k, self.v, tok, raw, samp, n_out, hit_eos = decode_chunk(
                 self.params,
                 self.k,
@@ -383,6 +396,8 @@ class Sampler:
             )
             self.stats["decode_calls"] += 1
             tok, raw, samp, n_out, hit_eos = jax.device_get((tok, raw, samp, n_out, hit_eos))
+            self.stats["decode_s"] += time.perf_counter() - t_dec
+            self.stats["decoded_tokens"] += int(sum(int(n_out[s.slot]) for s in running))
             # 5. host-side stops, pauses
             for seq in running:
                 s = seq.slot

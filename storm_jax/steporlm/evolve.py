@@ -87,7 +87,7 @@ class Evolve:
 
     def __init__(self, cfg: ml_collections.ConfigDict, echo: Callable[[str], None] = print):
         from storm_jax.data.benchmarks import read_rows
-        from storm_jax.tokenizer import load_tokenizer
+        from storm_jax.tokenizer import config_tokenizer
         from storm_jax.train.setup import resolve_model_config
 
         self.cfg, self.e, self.echo = cfg, cfg.evolve, echo
@@ -95,8 +95,8 @@ class Evolve:
         self.all_rows = read_rows(self.e.problems_path)
         self.rows = self.all_rows[: self.e.num_problems] if self.e.num_problems else self.all_rows
         self.by_id = {r.id: r for r in self.all_rows}
-        self.tok = load_tokenizer(cfg.data.tokenizer_path or cfg.init_from_hf or None)
         self.model_cfg = resolve_model_config(cfg)
+        self.tok = config_tokenizer(cfg, self.model_cfg.vocab_size)
         self.timings: dict[str, float] = {}
         self._pool = None
 

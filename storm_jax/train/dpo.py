@@ -94,9 +94,9 @@ def _with_tokenizer(cfg, load: Callable[[Any], tuple]) -> tuple:
     except TypeError as e:
         if "need a tokenizer" not in str(e):
             raise
-    from storm_jax.tokenizer import load_tokenizer
+    from storm_jax.tokenizer import config_tokenizer
 
-    return load(load_tokenizer(cfg.data.tokenizer_path or cfg.init_from_hf or None))
+    return load(config_tokenizer(cfg))
 
 
 def _fit_given(pairs: Sequence[pref.PreferencePair], seq_len: int, overlong: str) -> list:

@@ -338,6 +338,7 @@ def train_grpo(
                 Sampler(sampler_params, model_cfg, engine_config(g), mesh_rules=weights.mesh_rules)
             )
         t0 = time.perf_counter()
+        stats0 = dict(sampler[0].stats)
         first = [list(idx)]  # the loop's draw; further rounds draw from the same (checkpointed) sampler
         local_trajs: list[Trajectory] = []  # this process's rollouts of every round (for the global stats)
 
@@ -369,6 +370,11 @@ def train_grpo(
 
         col = collect_groups(draw, roll, target=P, max_draws=draw_cap(g), dynamic=g.dynamic_sampling)
         t_roll = time.perf_counter() - t0
+        stats1 = sampler[0].stats
+        roll_time = {f"time_{k}": stats1[k] - stats0[k] for k in ("decode_s", "prefill_s", "tool_wait_s")}
+        roll_time["rollout_tokens_per_s"] = (stats1["decoded_tokens"] - stats0["decoded_tokens"]) / max(
+            stats1["decode_s"] - stats0["decode_s"], 1e-9
+        )  # model-written tokens per second of decode wall time
         roll_stats = grpo_multihost.global_rollout_stats(local_trajs)
         trajs = [t for gr in col.groups for t in gr.trajs]
         rewards = np.concatenate([gr.rewards for gr in col.groups])
@@ -394,6 +400,7 @@ def train_grpo(
         m_acc: dict[str, float] = {}
         n_upd = 0
         mismatch = float("nan")
+        t_lp = 0.0  # old/reference log-prob forwards (host wall, synchronized)
         for epoch in range(g.ppo_epochs):
             for s in range(0, n_traj, mb_rows):
                 sel = order[s : s + mb_rows]
@@ -410,6 +417,7 @@ def train_grpo(
                     num_rows=mb_rows_padded,
                 )
                 batch = {k: multihost.global_array(v, b_sh) for k, v in nb.items()}  # spans hosts
+                t_lp0 = time.perf_counter()
                 if epoch == 0 and (g.old_logprobs == "trainer" or step % cfg.train.log_every == 0):
                     trainer_lp = logp_fn(state.params, batch)
                     diff = np.abs(multihost.host_value(trainer_lp) - nb["old_logprobs"])[nb["loss_mask"] > 0]
@@ -417,7 +425,8 @@ def train_grpo(
                     if g.old_logprobs == "trainer":
                         batch["old_logprobs"] = trainer_lp
                 if ref_params is not None:
-                    batch["ref_logprobs"] = logp_fn(ref_params, batch)
+                    batch["ref_logprobs"] = jax.block_until_ready(logp_fn(ref_params, batch))
+                t_lp += time.perf_counter() - t_lp0
                 state, m = train_step(state, batch)
                 for k, v in jax.device_get(m).items():
                     m_acc[k] = m_acc.get(k, 0.0) + float(v)
@@ -437,6 +446,8 @@ def train_grpo(
             logprob_mismatch_max=mismatch,
             time_rollout_s=t_roll,
             time_train_s=time.perf_counter() - t1,
+            time_logprobs_s=t_lp,
+            **roll_time,
             seq_len=float(seq_len),
         )
         out.update(col.metrics())
@@ -483,10 +494,10 @@ def run_grpo(
     """GRPO as a command: tokenizer and execution pool from the config, then `train_grpo`."""
     from storm_jax.execution.pool import ExecutionConfig, ExecutionPool
     from storm_jax.parallel.mesh import maybe_initialize_distributed
-    from storm_jax.tokenizer import load_tokenizer
+    from storm_jax.tokenizer import config_tokenizer
 
     maybe_initialize_distributed()
-    tokenizer = load_tokenizer(cfg.data.tokenizer_path or cfg.init_from_hf or None)
+    tokenizer = config_tokenizer(cfg)
     g = cfg.grpo
     exec_cfg = ExecutionConfig(wall_s=g.exec_timeout_s, cpu_s=g.exec_timeout_s)
     with ExecutionPool(num_workers=g.exec_workers, config=exec_cfg) as pool:

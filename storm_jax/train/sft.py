@@ -101,9 +101,9 @@ def make_data_iterator(cfg: ml_collections.ConfigDict, model_cfg: ModelConfig, *
         seed = cfg.seed if train else cfg.seed + 1_000_003
         return SyntheticSFTIterator(model_cfg.vocab_size, cfg.data.seq_len, local_batch, seed, pi)
     from storm_jax.data.pipeline import SFTDataConfig, make_sft_iterator
-    from storm_jax.tokenizer import load_tokenizer
+    from storm_jax.tokenizer import config_tokenizer
 
-    tok = load_tokenizer(cfg.data.tokenizer_path or cfg.init_from_hf or None)
+    tok = config_tokenizer(cfg, model_cfg.vocab_size)
     dcfg = SFTDataConfig(
         path=path,
         seq_len=cfg.data.seq_len,

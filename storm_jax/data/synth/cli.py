@@ -5,6 +5,8 @@ Writes to --out:
   train.sft_chat.jsonl                            {"id", "messages": [system?, user, assistant]}
   train.sft_traj.jsonl                            {"id", "messages": [system?, user], "segments", "answer", "meta"}
   stats.json                                      counts (verified, dropped by reason, families, styles)
+  tokenizer/                                      with --trim-tokenizer: the Qwen3 tokenizer trimmed to the
+                                                  training files' tokens (storm_jax/tokenizer_trim.py)
 Files are byte-identical for the same arguments.
 """
 
@@ -44,8 +46,31 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="execute gold programs in the project's ExecutionPool (pool) or one warm child process (local)",
     )
+    ap.add_argument(
+        "--trim-tokenizer",
+        action="store_true",
+        help="also write <out>/tokenizer: Qwen3's tokenizer trimmed to the training files' tokens",
+    )
     ap.add_argument("--no-progress", action="store_true")
     return ap
+
+
+def write_trimmed_tokenizer(out_dir: str) -> int:
+    """<out_dir>/tokenizer from the training files of <out_dir> (never the held-out ones); its size."""
+    from storm_jax.tokenizer import load_tokenizer, save_tokenizer
+    from storm_jax.tokenizer_trim import corpus_ids, trim_tokenizer
+
+    tok = load_tokenizer(None)
+    sft = [os.path.join(out_dir, "train.sft_traj.jsonl")]
+    problems = [os.path.join(out_dir, "train.problems.jsonl")]
+    ids = [
+        seq
+        for thinking in (False, True)  # both generation prompts (the thinking switch only changes them)
+        for seq in corpus_ids(tok, sft, problems, enable_thinking=thinking)
+    ]
+    trimmed = trim_tokenizer(tok, ids)
+    save_tokenizer(trimmed, os.path.join(out_dir, "tokenizer"))
+    return len(trimmed)
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
@@ -107,6 +132,12 @@ def main(argv: list[str]) -> int:
         json.dump(out.stats, f, indent=1, sort_keys=True)
         f.write("\n")
     s = out.stats
+    if args.trim_tokenizer:
+        n_tok = write_trimmed_tokenizer(args.out)
+        print(
+            f"synth: trimmed tokenizer of {n_tok} tokens -> {os.path.join(args.out, 'tokenizer')}",
+            file=sys.stderr,
+        )
     print(
         f"synth: {s['verified']}/{s['candidates']} verified ({sum(s['dropped'].values())} dropped), "
         f"{s['train_problems']} train / {s['heldout_problems']} heldout problems, {s['sft_rows']} SFT rows "

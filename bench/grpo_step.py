@@ -1,0 +1,184 @@
+"""One GRPO step, broken down: rollout decode, prefill, waiting for tool execution, log-probs and the update.
+
+Two sizes of the same recipe (`storm_tiny`: the embedded default's GRPO section, its execution pool and its
+problems): the tiny model of the default, and the ~100M anchor Qwen3 (`--model 100m`, the `qwen3-100m` preset,
+random init). `--steps` GRPO steps run through `train_grpo` (the first includes compilation); every step's
+breakdown comes from the metrics the trainer writes (`time_decode_s`, `time_prefill_s`, `time_tool_wait_s`,
+`time_rollout_s`, `time_logprobs_s`, `time_train_s`).
+
+Then the rollout against the plain sampler: the step's problems are rolled out once more with the code
+interpreter (`rollout`), and the same prompts are decoded by the plain `Sampler` without tools and without
+stops, each to exactly its rollout's response length, on the same engine config. Printed: response tokens
+per second of both and their ratio (the goal in issue 20: >= 0.8).
+
+    .venv/bin/python bench/grpo_step.py [--model tiny|100m] [--steps 2] [--repeats 2]
+
+An untrained policy rarely closes a code block, so by default the prompts carry the problem's gold program as
+a forced prefix (`--forced-code`, on by default): each sample executes it, reads the output and continues;
+`--no-forced-code` measures the untrained policy as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+BREAKDOWN = (
+    "time_decode_s",
+    "time_prefill_s",
+    "time_tool_wait_s",
+    "time_rollout_s",
+    "time_logprobs_s",
+    "time_train_s",
+)
+
+
+def _config(model: str, workdir: str, steps: int):
+    from storm_jax.config import load_config
+    from storm_jax.configs import model_presets
+
+    cfg = load_config("storm_tiny", [], num_devices=1)
+    cfg.unlock()
+    cfg.workdir = workdir
+    if model == "100m":
+        model_presets.apply_preset(cfg, "qwen3-100m", dtype="float32", param_dtype="float32", remat="none")
+    elif model != "tiny":
+        raise SystemExit(f"--model must be tiny or 100m, got {model!r}")
+    cfg.grpo.steps = steps
+    cfg.checkpoint.save_every = 10**6  # the final step still saves (the loop forces it)
+    return cfg
+
+
+def _rollout_vs_plain(cfg, tokenizer, pool, repeats: int, forced_code: bool) -> dict:
+    """Tokens/s of the tool rollout and of the plain sampler on the same prompts and lengths."""
+    import jax
+
+    from storm_jax.sampling.rollout import RolloutRequest, rollout
+    from storm_jax.sampling.sampler import Request, Sampler, SamplingParams
+    from storm_jax.tokenizer import encode_prompt, eos_ids
+    from storm_jax.train.grpo import engine_config, load_problems, rollout_config
+    from storm_jax.train.setup import build_setup, initial_params
+
+    g = cfg.grpo
+    setup = build_setup(cfg)
+    params = initial_params(cfg, setup, None)
+    model_cfg = setup.model_cfg
+    problems = load_problems(g.problems_path, g.system_prompt)[: g.problems_per_step]
+    rcfg = rollout_config(g, eos_ids(tokenizer))
+    prompts = [
+        encode_prompt(tokenizer, list(p.messages), enable_thinking=g.enable_thinking) for p in problems
+    ]
+    prefixes = [None] * len(prompts)
+    if forced_code:
+        from storm_jax.data.format import Segment
+        from storm_jax.tokenizer import encode_segment
+
+        programs = _gold_programs(g.problems_path)[: len(problems)]
+        prefixes = [
+            encode_segment(tokenizer, Segment("code", f"```python\n{c}\n```")) if c else None
+            for c in programs
+        ]
+    reqs = [
+        RolloutRequest(ids, n=g.group_size, seed=k, prefix_ids=pre, prefix_kinds=None if pre is None else ["model"] * len(pre))
+        for k, (ids, pre) in enumerate(zip(prompts, prefixes))
+    ]  # fmt: skip
+    sampler = Sampler(params, model_cfg, engine_config(g))
+    trajs = rollout(params, model_cfg, tokenizer, reqs, rcfg, pool, sampler=sampler)  # warm-up: compiles
+    plain = Sampler(params, model_cfg, engine_config(g))
+    t_roll, t_plain = [], []
+    for _ in range(repeats):
+        s0 = dict(sampler.stats)
+        t = time.perf_counter()
+        trajs = rollout(params, model_cfg, tokenizer, reqs, rcfg, pool, sampler=sampler)
+        t_roll.append(time.perf_counter() - t)
+        wait = sampler.stats["tool_wait_s"] - s0["tool_wait_s"]
+        # the same prompts (prefix included) decoded to each trajectory's response length, no tools, no stops
+        preqs = []
+        for tr in trajs:
+            n = len(tr.response_ids) - len(reqs[tr.group].prefix_ids or [])
+            sp = SamplingParams(temperature=rcfg.sampling.temperature, max_new_tokens=max(n, 1))
+            preqs.append(Request(tr.prompt_ids + (reqs[tr.group].prefix_ids or []), sp, seed=tr.sample_index))
+        if not t_plain:
+            plain.run(preqs)  # compiles
+        t = time.perf_counter()
+        jax.block_until_ready(plain.run(preqs)[-1][-1].tokens)
+        t_plain.append(time.perf_counter() - t)
+    n_tok = sum(len(tr.response_ids) - len(reqs[tr.group].prefix_ids or []) for tr in trajs)
+    calls = sum(tr.num_tool_calls for tr in trajs)
+    return {
+        "trajectories": len(trajs),
+        "response_tokens": n_tok,
+        "tool_calls": calls,
+        "rollout_s": statistics.median(t_roll),
+        "plain_s": statistics.median(t_plain),
+        "last_tool_wait_s": wait,
+    }
+
+
+def _gold_programs(path: str) -> list[str]:
+    """The reference program of each problem (`meta.program` of the synthetic problem files), in file order."""
+    with open(path) as f:
+        return [(json.loads(line).get("meta") or {}).get("program", "") for line in f if line.strip()]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="tiny", choices=("tiny", "100m"))
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--forced-code", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args()
+
+    import jax
+
+    from storm_jax.execution.pool import ExecutionConfig, ExecutionPool
+    from storm_jax.tokenizer import load_tokenizer
+    from storm_jax.train.grpo import train_grpo
+
+    tokenizer = load_tokenizer(None)
+    with tempfile.TemporaryDirectory() as wd:
+        cfg = _config(args.model, wd, args.steps)
+        g = cfg.grpo
+        print(
+            f"jax {jax.__version__}, cpus {os.cpu_count()}, model {args.model}: hidden {cfg.model.hidden_size}, "
+            f"layers {cfg.model.num_layers}; {g.problems_per_step} problems x {g.group_size} samples, "
+            f"max_response {g.max_response_tokens}, exec workers {g.exec_workers}",
+            flush=True,
+        )
+        exec_cfg = ExecutionConfig(wall_s=g.exec_timeout_s, cpu_s=g.exec_timeout_s)
+        with ExecutionPool(num_workers=g.exec_workers, config=exec_cfg) as pool:
+            t = time.perf_counter()
+            train_grpo(cfg, tokenizer=tokenizer, executor=pool, echo=lambda s: None)
+            wall = time.perf_counter() - t
+            rows = [json.loads(x) for x in open(os.path.join(wd, "metrics.jsonl"))]
+            rows = [r for r in rows if "time_rollout_s" in r]
+            print(f"GRPO: {len(rows)} steps in {wall:.1f} s (the first compiles)")
+            print("step  " + "  ".join(f"{k[5:-2]:>9s}" for k in BREAKDOWN) + "  tok/s(decode)")
+            for r in rows:
+                print(
+                    f"{int(r.get('step', 0)):4d}  "
+                    + "  ".join(f"{r.get(k, float('nan')):9.2f}" for k in BREAKDOWN)
+                    + f"  {r.get('rollout_tokens_per_s', float('nan')):9.1f}"
+                )
+            cmp = _rollout_vs_plain(cfg, tokenizer, pool, args.repeats, args.forced_code)
+    tps_r = cmp["response_tokens"] / cmp["rollout_s"]
+    tps_p = cmp["response_tokens"] / cmp["plain_s"]
+    print(
+        f"rollout with tools: {cmp['trajectories']} trajectories, {cmp['response_tokens']} response tokens, "
+        f"{cmp['tool_calls']} tool calls: {cmp['rollout_s']:.2f} s -> {tps_r:.1f} tok/s "
+        f"(waiting on tools {cmp['last_tool_wait_s']:.2f} s)"
+    )
+    print(f"plain sampler, same prompts and lengths: {cmp['plain_s']:.2f} s -> {tps_p:.1f} tok/s")
+    print(f"ratio rollout/plain: {tps_r / tps_p:.2f}x (goal >= 0.8)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
