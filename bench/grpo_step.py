@@ -13,9 +13,9 @@ per second of both and their ratio (the goal in issue 20: >= 0.8).
 
     .venv/bin/python bench/grpo_step.py [--model tiny|100m] [--steps 2] [--repeats 2]
 
-An untrained policy rarely closes a code block, so by default the prompts carry the problem's gold program as
-a forced prefix (`--forced-code`, on by default): each sample executes it, reads the output and continues;
-`--no-forced-code` measures the untrained policy as it is.
+An untrained policy rarely closes a code block, so by default each sample is teacher-forced through the
+problem's gold program (`--forced-code`, on by default; the plain sampler is forced through the same ids): each
+sample executes it, reads the output and continues; `--no-forced-code` measures the untrained policy as it is.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def _config(model: str, workdir: str, steps: int):
     cfg.workdir = workdir
     if model == "100m":
         model_presets.apply_preset(cfg, "qwen3-100m", dtype="float32", param_dtype="float32", remat="none")
+        cfg.data.tokenizer_path = ""  # the full Qwen3 vocabulary (the preset's 151,936 rows)
     elif model != "tiny":
         raise SystemExit(f"--model must be tiny or 100m, got {model!r}")
     cfg.grpo.steps = steps
@@ -56,7 +57,7 @@ def _config(model: str, workdir: str, steps: int):
     return cfg
 
 
-def _rollout_vs_plain(cfg, tokenizer, pool, repeats: int, forced_code: bool) -> dict:
+def _rollout_vs_plain(cfg, tokenizer, pool, repeats: int, forced_code: bool, params=None) -> dict:
     """Tokens/s of the tool rollout and of the plain sampler on the same prompts and lengths."""
     import jax
 
@@ -68,7 +69,7 @@ def _rollout_vs_plain(cfg, tokenizer, pool, repeats: int, forced_code: bool) -> 
 
     g = cfg.grpo
     setup = build_setup(cfg)
-    params = initial_params(cfg, setup, None)
+    params = initial_params(cfg, setup, params)
     model_cfg = setup.model_cfg
     problems = load_problems(g.problems_path, g.system_prompt)[: g.problems_per_step]
     rcfg = rollout_config(g, eos_ids(tokenizer))
@@ -85,10 +86,11 @@ def _rollout_vs_plain(cfg, tokenizer, pool, repeats: int, forced_code: bool) -> 
             encode_segment(tokenizer, Segment("code", f"```python\n{c}\n```")) if c else None
             for c in programs
         ]
+    # forced ids are decoded as the model's own (teacher forcing): the closed block triggers the interpreter
     reqs = [
-        RolloutRequest(ids, n=g.group_size, seed=k, prefix_ids=pre, prefix_kinds=None if pre is None else ["model"] * len(pre))
+        RolloutRequest(ids, n=g.group_size, seed=k, forced=pre)
         for k, (ids, pre) in enumerate(zip(prompts, prefixes))
-    ]  # fmt: skip
+    ]
     sampler = Sampler(params, model_cfg, engine_config(g))
     trajs = rollout(params, model_cfg, tokenizer, reqs, rcfg, pool, sampler=sampler)  # warm-up: compiles
     plain = Sampler(params, model_cfg, engine_config(g))
@@ -102,15 +104,14 @@ def _rollout_vs_plain(cfg, tokenizer, pool, repeats: int, forced_code: bool) -> 
         # the same prompts (prefix included) decoded to each trajectory's response length, no tools, no stops
         preqs = []
         for tr in trajs:
-            n = len(tr.response_ids) - len(reqs[tr.group].prefix_ids or [])
-            sp = SamplingParams(temperature=rcfg.sampling.temperature, max_new_tokens=max(n, 1))
-            preqs.append(Request(tr.prompt_ids + (reqs[tr.group].prefix_ids or []), sp, seed=tr.sample_index))
+            sp = SamplingParams(temperature=rcfg.sampling.temperature, max_new_tokens=len(tr.response_ids))
+            preqs.append(Request(tr.prompt_ids, sp, seed=tr.sample_index, forced=reqs[tr.group].forced))
         if not t_plain:
             plain.run(preqs)  # compiles
         t = time.perf_counter()
         jax.block_until_ready(plain.run(preqs)[-1][-1].tokens)
         t_plain.append(time.perf_counter() - t)
-    n_tok = sum(len(tr.response_ids) - len(reqs[tr.group].prefix_ids or []) for tr in trajs)
+    n_tok = sum(len(tr.response_ids) for tr in trajs)
     calls = sum(tr.num_tool_calls for tr in trajs)
     return {
         "trajectories": len(trajs),
@@ -134,17 +135,24 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--forced-code", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument(
+        "--sft-steps",
+        type=int,
+        default=0,
+        help="first train the policy with the config's SFT for this many steps (tiny: 800 = the pipeline's), so "
+        "that GRPO's rollouts write and run code as a trained policy's do",
+    )
     args = ap.parse_args()
 
     import jax
 
     from storm_jax.execution.pool import ExecutionConfig, ExecutionPool
-    from storm_jax.tokenizer import load_tokenizer
+    from storm_jax.tokenizer import config_tokenizer
     from storm_jax.train.grpo import train_grpo
 
-    tokenizer = load_tokenizer(None)
     with tempfile.TemporaryDirectory() as wd:
         cfg = _config(args.model, wd, args.steps)
+        tokenizer = config_tokenizer(cfg, cfg.model.vocab_size)
         g = cfg.grpo
         print(
             f"jax {jax.__version__}, cpus {os.cpu_count()}, model {args.model}: hidden {cfg.model.hidden_size}, "
@@ -153,11 +161,23 @@ def main() -> int:
             flush=True,
         )
         exec_cfg = ExecutionConfig(wall_s=g.exec_timeout_s, cpu_s=g.exec_timeout_s)
+        params = None
+        if args.sft_steps:
+            import copy
+
+            from storm_jax.train.sft import train_sft
+
+            c = copy.deepcopy(cfg)
+            c.workdir, c.recipe, c.train.steps = os.path.join(wd, "sft"), "sft", args.sft_steps
+            t = time.perf_counter()
+            params = train_sft(c, echo=lambda s: None)["state"].params
+            print(f"SFT: {args.sft_steps} steps in {time.perf_counter() - t:.1f} s", flush=True)
+        cfg.workdir = os.path.join(wd, "grpo")
         with ExecutionPool(num_workers=g.exec_workers, config=exec_cfg) as pool:
             t = time.perf_counter()
-            train_grpo(cfg, tokenizer=tokenizer, executor=pool, echo=lambda s: None)
+            train_grpo(cfg, tokenizer=tokenizer, executor=pool, params=params, echo=lambda s: None)
             wall = time.perf_counter() - t
-            rows = [json.loads(x) for x in open(os.path.join(wd, "metrics.jsonl"))]
+            rows = [json.loads(x) for x in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
             rows = [r for r in rows if "time_rollout_s" in r]
             print(f"GRPO: {len(rows)} steps in {wall:.1f} s (the first compiles)")
             print("step  " + "  ".join(f"{k[5:-2]:>9s}" for k in BREAKDOWN) + "  tok/s(decode)")
@@ -167,7 +187,7 @@ def main() -> int:
                     + "  ".join(f"{r.get(k, float('nan')):9.2f}" for k in BREAKDOWN)
                     + f"  {r.get('rollout_tokens_per_s', float('nan')):9.1f}"
                 )
-            cmp = _rollout_vs_plain(cfg, tokenizer, pool, args.repeats, args.forced_code)
+            cmp = _rollout_vs_plain(cfg, tokenizer, pool, args.repeats, args.forced_code, params)
     tps_r = cmp["response_tokens"] / cmp["rollout_s"]
     tps_p = cmp["response_tokens"] / cmp["plain_s"]
     print(
