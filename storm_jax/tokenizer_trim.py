@@ -68,9 +68,8 @@ def trim_tokenizer(tok: Any, id_seqs: Iterable[Sequence[int]]) -> Any:
     new_vocab = {s: i for i, s in enumerate(kept)}
     model["vocab"] = new_vocab
     new_merges = [(a, b) for a, b in pairs if a in keep and b in keep and a + b in keep]
-    model["merges"] = [[a, b] for a, b in new_merges] if not isinstance(model["merges"][0], str) else [
-        f"{a} {b}" for a, b in new_merges
-    ]  # fmt: skip
+    as_strings = bool(model["merges"]) and isinstance(model["merges"][0], str)  # keep the file's own format
+    model["merges"] = [f"{a} {b}" for a, b in new_merges] if as_strings else [[a, b] for a, b in new_merges]
     for k, t in enumerate(added):
         t["id"] = len(kept) + k
     spec["added_tokens"] = added
