@@ -183,3 +183,73 @@ def adam_first_step_atol(grads, params, *, lr: float, eps: float, clip_norm: flo
         d_f = np.minimum(sens * dgc, 2.0)
         out.append(lr * (d_f + 2 * 10 * U32) + 2 * 2 * U32 * (np.abs(p) + lr))
     return jax.tree.unflatten(jax.tree.structure(params), out), d_norm
+
+
+def summed_logp_atol(params, cfg, batch, depth: int):
+    """[P, 2] bounds on |summed response log-probs of DPO pair batches ([P, 2, T]) from two programs|.
+
+    Each loss-masked token's log-prob is within logprob_atol(logits, depth), n of them are summed, and each
+    program's own T-term fp32 sum adds 2 T u sum |logp m|. depth: logits_depth for two compiled programs; 2 D
+    (the final norm and the chunked projection) where both run the same eager forward on the same shapes,
+    whose hidden states then agree."""
+    import jax.numpy as jnp
+
+    from storm_jax.models.qwen import forward
+
+    P, _, T = batch["tokens"].shape
+    flat = lambda k: jnp.asarray(np.asarray(batch[k]).reshape(2 * P, T))
+    logits = forward(
+        params, flat("tokens"), cfg, positions=flat("positions"), segment_ids=flat("segment_ids")
+    )[0]
+    lg = np.asarray(logits, np.float64)
+    mx = lg.max(-1)
+    lse = np.log(np.exp(lg - mx[..., None]).sum(-1)) + mx
+    picked = np.take_along_axis(lg, np.asarray(flat("targets"))[..., None], -1)[..., 0]
+    m = np.asarray(batch["loss_mask"]).reshape(2 * P, T) * (
+        np.asarray(batch["segment_ids"]).reshape(2 * P, T) != 0
+    )
+    lp = (picked - lse) * m
+    return (m.sum(-1) * logprob_atol(lg, depth) + 2 * T * U32 * np.abs(lp).sum(-1)).reshape(P, 2)
+
+
+def fp32_pair_bounds(pc, pr, rc, rr, w, *, beta, reference_free, ls, normalize, d_logp=0.0):
+    """Bounds on |JAX fp32 - float64| for weighted_dpo_loss's outputs (u = 2^-24; inputs exact fp32 values).
+
+    log-ratio pc - rc rounds once, beta * it twice more (fp32(beta), the product): the rewards err by
+    3 u |r|; delta = r_c - r_r by that of both plus u |delta|. d_logp (model level: two programs' summed
+    log-probs) adds beta (d_logp_c + d_logp_r) to delta. log_sigmoid = -(max(-x, 0) + log1p(exp(-|x|))): 1-Lipschitz
+    in x, (2 TRANSCENDENTAL + 1) u log 2 from exp and log1p, u |l| from the sum; the loss mixes the two sides with
+    fp32(1 - ls), fp32(ls) and 3 roundings. The total is a sum of P products w l (P + 1 roundings), divided by
+    the count or by a P-term fp32 sum of weights (P u relative more). The gradient w beta dl/dx / n: sigmoid
+    via exp with (TRANSCENDENTAL + 2) u relative and |sigmoid'| <= 1/4 times delta's error, and 8 roundings
+    (the coefficient 1 / n, w, the ls mix, fp32(beta), beta *).
+    """
+    f = lambda a: np.asarray(a, np.float64)
+    pc, pr, w = f(pc), f(pr), f(w)
+    rc, rr = (np.zeros_like(pc), np.zeros_like(pr)) if reference_free else (f(rc), f(rr))
+    cr, rj = beta * (pc - rc), beta * (pr - rr)
+    x = cr - rj
+    e_cr, e_rj = 3 * U32 * np.abs(cr), 3 * U32 * np.abs(rj)
+    e_x = e_cr + e_rj + U32 * np.abs(x) + beta * 2 * d_logp
+    lp_c, lp_r = np.logaddexp(0.0, -x), np.logaddexp(0.0, x)  # -log_sigmoid(x), -log_sigmoid(-x)
+    per = (1 - ls) * lp_c + ls * lp_r
+    e_ls = (2 * TRANSCENDENTAL + 1) * U32 * np.log(2.0)
+    e_per = e_x + (1 - ls) * (e_ls + U32 * lp_c) + ls * (e_ls + U32 * lp_r) + 3 * U32 * per
+    keep = w > 0
+    P = len(x)
+    n = P if normalize == "pairs" else w.sum()
+    wl = np.where(keep, w * per, 0.0)
+    loss = float((np.where(keep, w * e_per, 0.0)).sum() / n + (P + 2) * U32 * wl.sum() / n)
+    if normalize == "weights":
+        loss += P * U32 * float(wl.sum() / n)
+    sig_c, sig_r = 1 / (1 + np.exp(x)), 1 / (1 + np.exp(-x))  # sigmoid(-x), sigmoid(x)
+    dl = (1 - ls) * sig_c + ls * sig_r
+    grad = (
+        w
+        * beta
+        / n
+        * (e_x / 4 + (TRANSCENDENTAL + 10) * U32 * dl + (P * U32 * dl if normalize == "weights" else 0))
+    )
+    return dict(loss=loss, grad=np.where(keep, grad, 0.0), x=e_x, cr=e_cr + 2 * beta * d_logp,
+                rj=e_rj + 2 * beta * d_logp, per=wl, margin_mean=float(e_x.sum() / P + (P + 1) * U32 * np.abs(x).sum() / P),
+                weight_mean=(P + 1) * U32 * float(w.sum()) / P)  # fmt: skip
