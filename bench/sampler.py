@@ -27,18 +27,8 @@ import tempfile
 import time
 
 import numpy as np
+from peers.anchor import ANCHOR  # bench/ is sys.path[0] when run as a script
 
-ANCHOR = dict(
-    vocab_size=151936,
-    hidden_size=512,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    head_dim=64,
-    intermediate_size=1536,
-    rope_theta=1e6,
-    rms_norm_eps=1e-6,
-)
 PROMPT, NEW = 64, 256
 
 

@@ -32,7 +32,7 @@ curve PNG and checkpoints under config.workdir. --config takes a packaged recipe
 """
 
 
-def evaluate(
+def sample_and_verify(
     params: Any,
     model_cfg: Any,
     tokenizer: Any,
@@ -43,8 +43,9 @@ def evaluate(
     limit: int = 0,
     samples: int = 1,
     seed: int = 0,
-) -> dict[str, float]:
-    """Roll out on held-out problems and verify each trajectory from its recorded executions (protocol from g).
+) -> tuple[list, list, list]:
+    """Roll out on the problems of a file (greedy when samples == 1, else g's sampling) and verify each
+    trajectory from its recorded executions (protocol from g); returns (rows, trajectories, results).
 
     Nothing is executed twice: the rollout's code interpreter already ran every program the model wrote, and
     the shared verifier (storm_jax/verify.py) reads their results from the trajectories.
@@ -55,7 +56,7 @@ def evaluate(
     from storm_jax.sampling.rollout import RolloutRequest, rollout
     from storm_jax.sampling.sampler import Sampler
     from storm_jax.tokenizer import eos_ids
-    from storm_jax.train.grpo import engine_config, rollout_config, rollout_stats
+    from storm_jax.train.grpo import engine_config, rollout_config
 
     rows = read_rows(problems_path)
     if limit:
@@ -79,6 +80,27 @@ def evaluate(
         protocol=g.protocol,
         answer_from=g.answer_from,
         config=ScoringConfig(eps=g.epsilon),
+    )
+    return rows, trajs, results
+
+
+def evaluate(
+    params: Any,
+    model_cfg: Any,
+    tokenizer: Any,
+    problems_path: str,
+    g: ml_collections.ConfigDict,
+    executor: Any,
+    *,
+    limit: int = 0,
+    samples: int = 1,
+    seed: int = 0,
+) -> dict[str, float]:
+    """pass@1 and rollout statistics of `sample_and_verify` on held-out problems."""
+    from storm_jax.train.grpo import rollout_stats
+
+    _, trajs, results = sample_and_verify(
+        params, model_cfg, tokenizer, problems_path, g, executor, limit=limit, samples=samples, seed=seed
     )
     correct = np.array([r.correct for r in results], np.float32)
     out = {"n": float(len(results)), "pass@1": float(correct.mean()) if len(correct) else 0.0}

@@ -1,97 +1,90 @@
-"""Learning signal of weighted DPO through `train_dpo` (slow, CPU, tiny Qwen3).
+"""Learning signal of weighted DPO through `train_dpo` (slow, CPU): the policy's own samples, labelled by the solver.
 
-Pairs from the bundled synthetic problems (storm_jax/resources/tiny/arith): chosen = a problem's gold trajectory
-(model, solver output, `\\boxed{answer}`), rejected = the same trajectory with a wrong final answer (the sign
-flipped: the program printed `OBJECTIVE: 92.0`, the answer says `\\boxed{-92}`). (A wrong answer taken from
-another problem, which can only be told apart by checking it against the solver output, is not learned by this
-2-layer model in 40 steps: held-out accuracy stays at 0.5 +- 0.05.) Both are token rows through the
-real chat template; the model is a tiny Qwen3 over the data's own token ids (a dense re-numbering of the ~230
-Qwen3 ids these trajectories use, so the vocabulary projection costs nothing on CPU).
+The start policy is the embedded default's SFT model (storm_tiny: a 2-layer Qwen3 trained 800 steps on the bundled
+`cart` trajectories, storm_jax/resources/tiny/cart, with its trimmed tokenizer). It writes a pyomo program for
+every problem but declares the item count continuous (`NonNegativeReals`) on about a third of its samples, and
+the relaxation's optimum is wrong whenever the capacity is not a multiple of the weight.
 
-1. A short SFT warm-up on chosen AND rejected trajectories gives a start policy that writes either sign.
-2. DPO from it: held-out pair accuracy (ties 1/2) starts at 0.5 and ends >= 0.8 (shown: 0.5 -> 1.0 by step 5).
-   The greedy pass rate (the decoded answer after `\\boxed{` equals the gold one) on held-out problems should
-   rise; it does not yet (0.0 before and after: the warm-up policy does not copy numbers), see the xfail.
-3. 30 % of training pairs label-flipped, as a biased judge would: all of them integer programs (the IP problems,
-   `NonNegativeIntegers` in the program, about half the data, so most IP pairs are flipped). With those pairs at
-   weight 0.1, held-out pair accuracy is clearly above the same run with every weight 1, which learns "prefer the
-   wrong answer on IP problems" (both curves are printed; run this file directly to see them). Not shown yet:
-   both runs reached 1.0 (xfail below).
+1. Pairs as the StepORLM loop builds them: K samples per training problem through the code interpreter
+   (`pipeline.sample_and_verify`, the same rollout and verifier as scoring), the solver's verdict labels each,
+   and every correct sample beats a failed one of its problem (`steporlm.pairs.build_pairs`, weight 1), kept
+   as token rows with the sampled ids and tool-output masks. Held-out pairs are built the same way from samples
+   on the held-out problems. DPO from the SFT policy (its own reference): held-out pair accuracy (ties 1/2)
+   starts at exactly 0.5 and ends >= 0.8, and the greedy pass@1 on the held-out problems rises.
+2. Weighting under label noise. A judge biased toward one kind of wrong answer: besides the pairs above
+   ("outcome" pairs), "sign" pairs whose rejected side is a correct sample with a minus sign inserted after
+   `\\boxed{` (a wrong answer the solver output contradicts). 30 % of all training pairs are label-flipped, all
+   of them sign pairs (two thirds of those), and given weight 0.1. With every weight 1 the flipped sign pairs
+   outvote the right ones and the policy learns to prefer the negated answer; with weight 0.1 they are
+   outweighed (1 x 1/3 against 0.1 x 2/3 of the sign pairs). Held-out pairs have the same mix, unflipped. Both
+   curves are printed (run this file directly to see them).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from storm_jax.config import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAJ = os.path.join(ROOT, "storm_jax", "resources", "tiny", "arith", "train.sft_traj.jsonl")
-N_TRAIN, N_HELD = 190, 40
-T = 512
+K = 4  # samples per problem
+N_TRAIN_PROBLEMS = 160
+MAX_PAIRS_PER_PROBLEM = 2
+DPO_STEPS, DPO_LR, DPO_PAIRS_PER_STEP = 30, 1e-4, 8
 FLIP_SHARE, FLIP_WEIGHT = 0.3, 0.1
+# Sign pairs per outcome pair: with s sign pairs per outcome pair, the flipped 30 % of all pairs are a share
+# 0.3 (1 + s) / s of the sign pairs; s = 0.82 makes that two thirds.
+SIGN_PER_OUTCOME = 0.82
 
 
-def _answer_text(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+def token_row(chosen, rejected, weight: float = 1.0) -> dict:
+    """A token-level preference row from two trajectories (or (prompt, ids, mask) triples) of one prompt."""
+    c, r = (
+        x if isinstance(x, tuple) else (x.prompt_ids, x.response_ids, x.loss_mask) for x in (chosen, rejected)
+    )
+    assert c[0] == r[0], "a pair shares its prompt"
+    return {"prompt_ids": list(c[0]), "chosen_ids": list(c[1]), "chosen_mask": list(c[2]),
+            "rejected_ids": list(r[1]), "rejected_mask": list(r[2]), "weight": weight}  # fmt: skip
 
 
-def build_pairs():
-    """(train token rows, held-out token rows, vocab size, held-out (prompt ids, gold answer ids), train IP flags)
-    with dense ids."""
-    from storm_jax.data.preference import encode_response
-    from storm_jax.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(None)
-    raw, groups = [], []
-    for line in open(TRAJ):
-        r = json.loads(line)
-        gold = "".join(s["text"] for s in r["segments"])
-        ans = _answer_text(r["answer"])
-        tail = "\\boxed{" + ans + "}"
-        if not gold.endswith(tail) or ans.startswith("-") or ans == "0":
-            continue
-        wrong = gold[: -len(tail)] + "\\boxed{-" + ans + "}"
-        c = encode_response(tok, r["messages"], gold)
-        w = encode_response(tok, r["messages"], wrong)
-        if max(len(c[0]), len(w[0])) <= T + 1:
-            raw.append((c, w))
-            groups.append(r["meta"]["problem_type"] == "IP")
-    assert len(raw) >= N_TRAIN + N_HELD, len(raw)
-    used = sorted({t for c, w in raw for t in (*c[0], *w[0])})
-    dense = {t: i + 1 for i, t in enumerate(used)}  # 0 stays free (padding)
-    boxed_open = [dense[t] for t in tok.encode("\\boxed{", add_special_tokens=False)]
-
-    def row(c, w):
-        (ci, cm), (wi, wm) = c, w
-        k = 0
-        while ci[k] == wi[k] and cm[k] == 0 and wm[k] == 0:
-            k += 1
-        return {"prompt_ids": [dense[t] for t in ci[:k]], "chosen_ids": [dense[t] for t in ci[k:]],
-                "chosen_mask": list(cm[k:]), "rejected_ids": [dense[t] for t in wi[k:]],
-                "rejected_mask": list(wm[k:]), "weight": 1.0}  # fmt: skip
-
-    rows = [row(c, w) for c, w in raw[: N_TRAIN + N_HELD]]
-    held = []
-    for c, _ in raw[N_TRAIN : N_TRAIN + N_HELD]:
-        ids = [dense[t] for t in c[0]]
-        cut = max(i for i in range(len(ids)) if ids[i - len(boxed_open) : i] == boxed_open)
-        held.append((ids[:cut], ids[cut:]))  # prompt through "\boxed{", gold "<answer>}<|im_end|>"
-    vocab = -(-(len(used) + 1) // 64) * 64
-    return rows[:N_TRAIN], rows[N_TRAIN:], vocab, held, groups[:N_TRAIN]
+def negate_answer(tok, traj):
+    """(prompt, ids, mask) of a trajectory with a "-" token inserted after its final `\\boxed{`, or None when
+    the response's tokens do not end a piece exactly at `\\boxed{`."""
+    ids = traj.response_ids
+    for k in range(len(ids) - 1, 0, -1):
+        if tok.decode(ids[:k]).endswith("\\boxed{") and not tok.decode(ids[: k - 1]).endswith("\\boxed{"):
+            minus = tok.encode("-", add_special_tokens=False)
+            return (traj.prompt_ids, [*ids[:k], *minus, *ids[k:]],
+                    [*traj.loss_mask[:k], *[1] * len(minus), *traj.loss_mask[k:]])  # fmt: skip
+    return None
 
 
-def flip_some(rows, share, weight, groups, seed=0):
-    """Swap chosen/rejected of a `share` of all rows, drawn from the rows flagged in `groups` (a judge biased on
-    one problem type), and give those rows `weight`."""
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(np.flatnonzero(groups), int(round(share * len(rows))), replace=False)
+def build_rows(tok, rows, trajs, results):
+    """(outcome pairs, sign pairs) as token rows: outcome pairs by the StepORLM rule; sign pairs (one per
+    problem, from problems without outcome pairs, in file order) from each one's first correct sample."""
+    from storm_jax.steporlm.pairs import Sample, build_pairs
+
+    samples = [Sample(rows[t.group].id, t.sample_index, v.correct, None) for t, v in zip(trajs, results)]
+    pairs, _ = build_pairs(samples, mode="outcome_only", max_pairs_per_problem=MAX_PAIRS_PER_PROBLEM)
+    by = {(rows[t.group].id, t.sample_index): t for t in trajs}
+    outcome = [token_row(by[(p.problem_id, p.chosen)], by[(p.problem_id, p.rejected)]) for p in pairs]
+    paired = {p.problem_id for p in pairs}
+    sign, seen = [], set()
+    for t, v in zip(trajs, results):
+        pid = rows[t.group].id
+        if v.correct and pid not in paired and pid not in seen and (neg := negate_answer(tok, t)) is not None:
+            sign.append(token_row(t, neg))
+            seen.add(pid)
+    return outcome, sign[: int(round(SIGN_PER_OUTCOME * len(outcome)))]
+
+
+def flip(rows: list[dict], idx, weight: float) -> list[dict]:
+    """Copies of rows with chosen/rejected swapped and `weight` set at the indices idx."""
     out = [dict(r) for r in rows]
     for i in idx:
         r = out[i]
@@ -101,105 +94,83 @@ def flip_some(rows, share, weight, groups, seed=0):
     return out
 
 
-def make_cfg(workdir, vocab, eval_path, *extra):
-    return load_config(
-        "steporlm_dpo:tiny",
-        [f"workdir={workdir}", f"model.vocab_size={vocab}", f"data.seq_len={T}", "data.path=<rows>",
-         f"data.eval_path={eval_path}", "data.batch_size=8", "train.logprob_chunk=0", "train.progress=false",
-         "train.log_every=5", "train.eval_every=5", "mesh.fsdp=1", "dpo.ref_batch_pairs=8",
-         "checkpoint.save_every=1000", *extra],
-        num_devices=1,
-    )  # fmt: skip
+def write_rows(path: str, rows: list[dict]) -> str:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
 
 
-def sft_warmup(cfg, rows, steps=80):
-    """Start policy: the SFT loss on chosen and rejected sequences alike (both signs are written)."""
-    import copy
+def dpo_config(cfg, workdir: str, eval_path: str):
+    """The DPO stage of the evolve loop (steporlm.evolve.stage_config) on storm_tiny, with held-out pairs."""
+    from storm_jax.steporlm.evolve import stage_config
 
-    cfg = copy.deepcopy(cfg)
-    cfg.train.steps, cfg.optim.lr, cfg.optim.warmup_steps = steps, 3e-3, 5  # its own schedule
-    from storm_jax.data.preference import PreferenceDataConfig, make_preference_iterator, pairs_from_rows
-    from storm_jax.train.loop import LoopOptions, train
-    from storm_jax.train.losses import make_loss
-    from storm_jax.train.setup import build_setup, initial_params
-
-    setup = build_setup(cfg, devices=jax.devices()[:1])
-    pairs, _ = pairs_from_rows(rows, seq_len=T, vocab_size=cfg.model.vocab_size)
-    it = make_preference_iterator(
-        PreferenceDataConfig(path="-", seq_len=T, batch_size=8, seed=1), pairs=pairs, process_index=0,
-        process_count=1,
-    )  # fmt: skip
-
-    class Flat:  # [P, 2, T] pairs -> [2P, T] SFT rows
-        def __iter__(self):
-            return self
-
-        def __next__(self):
-            b = next(it)
-            return {k: v.reshape(-1, T) for k, v in b.items() if k not in ("weight", "ref_logps")}
-
-    opts = LoopOptions(
-        workdir=cfg.workdir + "_sft", steps=steps, log_every=50, save_every=10_000, async_save=False
-    )
-    res = train(
-        setup, make_loss("sft"), Flat(), opts, params=initial_params(cfg, setup), echo=lambda *a: None
-    )
-    return res.state.params, setup.model_cfg
+    c = stage_config(cfg, workdir, "dpo", train__steps=DPO_STEPS, optim__lr=DPO_LR, optim__warmup_steps=0,
+                     data__seq_len=cfg.grpo.max_len, data__batch_size=DPO_PAIRS_PER_STEP, data__pack=False,
+                     data__overlong="drop", data__num_epochs=0, train__grad_accum=1)  # fmt: skip
+    c.data.eval_path, c.train.eval_every, c.train.log_every, c.train.progress = eval_path, 5, 5, False
+    c.dpo.reference = "precomputed"
+    return c
 
 
-def greedy_pass_rate(params, model_cfg, held, max_new=8) -> float:
-    """Share of held-out prompts whose greedy continuation after `\\boxed{` is exactly the gold answer."""
-    from storm_jax.models.qwen import forward
-
-    B = len(held)
-    toks = np.zeros((B, T), np.int32)
-    lens = np.array([len(p) for p, _ in held])
-    for i, (p, _) in enumerate(held):
-        toks[i, : len(p)] = p
-
-    @jax.jit
-    def next_ids(params, toks, lens):
-        logits, _ = forward(params, toks, model_cfg)
-        return jnp.argmax(logits[jnp.arange(B), lens - 1], axis=-1)
-
-    out = [[] for _ in range(B)]
-    for _ in range(max_new):
-        nxt = np.asarray(next_ids(params, jnp.asarray(toks), jnp.asarray(lens)))
-        for i in range(B):
-            if lens[i] < T:
-                toks[i, lens[i]] = nxt[i]
-                out[i].append(int(nxt[i]))
-        lens = np.minimum(lens + 1, T)
-    return float(np.mean([o[: len(g)] == g for o, (_, g) in zip(out, held)]))
-
-
-def eval_curve(workdir) -> list[tuple[int, float]]:
+def eval_curve(workdir: str) -> list[tuple[int, float]]:
     rec = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
     return [(r["step"], r["pair_accuracy"]) for r in rec if r["split"] == "eval"]
 
 
-def run_experiment(tmp, steps=30, echo=lambda *a: None):
-    from storm_jax.data.preference import write_token_rows  # noqa: F401  (rows are written as JSONL below)
+def run_experiment(tmp: str, echo=lambda *a: None) -> dict:
+    from storm_jax.execution.pool import ExecutionConfig, ExecutionPool
+    from storm_jax.pipeline import evaluate, sample_and_verify
+    from storm_jax.tokenizer import config_tokenizer
     from storm_jax.train.dpo import train_dpo
+    from storm_jax.train.sft import train_sft
 
-    train_rows, held_rows, vocab, held, groups = build_pairs()
-    os.makedirs(tmp, exist_ok=True)
-    eval_path = os.path.join(tmp, "heldout_pairs.jsonl")
-    with open(eval_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in held_rows)
-    base = make_cfg(os.path.join(tmp, "warm"), vocab, eval_path)
-    p0, mc = sft_warmup(base, train_rows)
-    out = {"pass_start": greedy_pass_rate(p0, mc, held)}
-    runs = {
-        "clean": train_rows,
-        "noisy_weighted": flip_some(train_rows, FLIP_SHARE, FLIP_WEIGHT, groups),
-        "noisy_unweighted": flip_some(train_rows, FLIP_SHARE, 1.0, groups),
-    }
-    for name, rows in runs.items():
-        cfg = make_cfg(os.path.join(tmp, name), vocab, eval_path, f"train.steps={steps}")
-        res = train_dpo(cfg, rows=rows, params=p0, echo=echo, devices=jax.devices()[:1])
-        out[name] = eval_curve(cfg.workdir)
-        out[f"pass_{name}"] = greedy_pass_rate(res["state"].params, mc, held)
+    cfg = load_config("storm_tiny", [f"workdir={tmp}", "train.progress=false"])
+    g = cfg.grpo
+    sft_cfg = copy.deepcopy(cfg)
+    sft_cfg.unlock()
+    sft_cfg.workdir, sft_cfg.recipe = os.path.join(tmp, "sft"), "sft"
+    sft = train_sft(sft_cfg, echo=echo)  # resumes (a no-op) when tmp already holds the finished run
+    p0, mc = sft["state"].params, sft["run"].model_cfg
+    tok = config_tokenizer(cfg, mc.vocab_size)
+    out: dict = {}
+    with ExecutionPool(
+        g.exec_workers, ExecutionConfig(wall_s=g.exec_timeout_s, cpu_s=g.exec_timeout_s)
+    ) as pool:
+
+        def pass_rate(params) -> float:
+            return evaluate(params, mc, tok, g.eval_path, g, pool, limit=g.eval_problems, seed=cfg.seed)[
+                "pass@1"
+            ]
+
+        def pairs_of(path: str, limit: int, seed: int):
+            rows, trajs, results = sample_and_verify(
+                p0, mc, tok, path, g, pool, limit=limit, samples=K, seed=seed
+            )
+            return build_rows(tok, rows, trajs, results)
+
+        out["pass_start"] = pass_rate(p0)
+        train_outcome, train_sign = pairs_of(g.problems_path, N_TRAIN_PROBLEMS, 1000)
+        held_outcome, held_sign = pairs_of(g.eval_path, 0, 5000)
+        out["pairs"] = {"train_outcome": len(train_outcome), "train_sign": len(train_sign),
+                        "held_outcome": len(held_outcome), "held_sign": len(held_sign)}  # fmt: skip
+        echo(f"pairs: {out['pairs']}")
+        noisy = train_outcome + train_sign
+        n_flip = int(round(FLIP_SHARE * len(noisy)))
+        assert n_flip <= len(train_sign), out["pairs"]
+        flipped = len(train_outcome) + np.random.default_rng(0).permutation(len(train_sign))[:n_flip]
+        out["flipped_share_of_sign_pairs"] = n_flip / len(train_sign)
+        runs = {
+            "clean": (train_outcome, held_outcome),
+            "noisy_weighted": (flip(noisy, flipped, FLIP_WEIGHT), held_outcome + held_sign),
+            "noisy_unweighted": (flip(noisy, flipped, 1.0), held_outcome + held_sign),
+        }
+        for name, (rows, held) in runs.items():
+            eval_path = write_rows(os.path.join(tmp, f"heldout_{name}.jsonl"), held)
+            c = dpo_config(cfg, os.path.join(tmp, name), eval_path)
+            res = train_dpo(c, rows=rows, params=p0, echo=echo, devices=jax.devices()[:1])
+            out[name] = eval_curve(c.workdir)
+            out[f"pass_{name}"] = pass_rate(res["state"].params)
+            echo(f"{name}: held-out pair accuracy {out[name]}, greedy pass@1 {out[f'pass_{name}']:.3f}")
     return out
 
 
@@ -211,27 +182,29 @@ def experiment(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_dpo_learns_to_prefer_the_correct_answer(experiment):
+def test_dpo_on_solver_labelled_samples_raises_pair_accuracy_and_greedy_pass_rate(experiment):
     clean = experiment["clean"]
+    assert experiment["pairs"]["train_outcome"] >= 40 and experiment["pairs"]["held_outcome"] >= 20, (
+        experiment
+    )
     assert clean[0] == (0, 0.5)  # the start policy is its own reference: every delta is exactly 0
     assert clean[-1][1] >= 0.8, clean
+    # 0.1 = 9 of the 90 held-out problems
+    assert experiment["pass_clean"] >= experiment["pass_start"] + 0.1, experiment
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="not shown yet: in the recorded run (30 steps) the greedy pass rate stayed 0.0 (the 80-step SFT warm-up "
-    "does not copy the solver's number) and both noisy runs reached held-out accuracy 1.0 (the IP-specific flip "
-    "was not learned, so weighting had nothing to correct)",
-)
-def test_greedy_pass_rate_rises_and_weights_resist_label_noise(experiment):
-    assert experiment["pass_clean"] > experiment["pass_start"], experiment
+def test_weights_resist_label_noise(experiment):
     w, u = dict(experiment["noisy_weighted"]), dict(experiment["noisy_unweighted"])
     assert w[0] == u[0] == 0.5
-    # "Clearly higher": the weighted run's held-out accuracy, averaged over the curve, beats the unweighted
-    # one's by 0.1 (= 4 of 40 held-out pairs).
-    steps = sorted(set(w) & set(u) - {0})
-    assert np.mean([w[s] for s in steps]) >= np.mean([u[s] for s in steps]) + 0.1, (w, u)
+    assert (
+        experiment["flipped_share_of_sign_pairs"] > 0.5
+    )  # the flipped pairs outvote the right ones unweighted
+    # "Clearly higher": the weighted run's held-out accuracy over the second half of the run beats the unweighted
+    # one's by 0.2 (the sign pairs are ~45 % of the held-out pairs: learning the flipped preference costs that).
+    late = [s for s in sorted(set(w) & set(u)) if s >= DPO_STEPS // 2]
+    assert np.mean([w[s] for s in late]) >= np.mean([u[s] for s in late]) + 0.2, (w, u)
+    assert w[DPO_STEPS] >= 0.8, w
 
 
 if __name__ == "__main__":

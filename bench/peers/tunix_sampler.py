@@ -19,6 +19,8 @@ import statistics
 import sys
 import time
 
+from anchor import tunix_qwen3_config  # bench/peers/ is sys.path[0] when run as a script
+
 
 class _IdTokenizer:
     """tunix takes prompt strings: here a string is the prompt's token ids separated by spaces."""
@@ -47,23 +49,11 @@ def main(weights_dir: str, spec_path: str, out_path: str) -> int:
     import numpy as np
     import tunix
     from tunix.generate import sampler as sampler_lib
-    from tunix.models.qwen3 import model as qwen3_model
     from tunix.models.qwen3 import params as qwen3_params
 
     spec = json.load(open(spec_path))
     c = spec["config"]
-    cfg = qwen3_model.ModelConfig(
-        num_layers=c["num_hidden_layers"],
-        vocab_size=c["vocab_size"],
-        embed_dim=c["hidden_size"],
-        hidden_dim=c["intermediate_size"],
-        num_heads=c["num_attention_heads"],
-        head_dim=c["head_dim"],
-        num_kv_heads=c["num_key_value_heads"],
-        rope_theta=int(c["rope_theta"]),
-        norm_eps=c["rms_norm_eps"],
-        use_tied_embedding=True,
-    )
+    cfg = tunix_qwen3_config(c)
     model = qwen3_params.create_model_from_safe_tensors(weights_dir, cfg)
     print(f"tunix {tunix.__version__}, jax {jax.__version__} ({jax.devices()[0].platform})", flush=True)
     new = int(spec["new_tokens"])
