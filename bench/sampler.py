@@ -1,10 +1,9 @@
 """Decode throughput: storm_jax sampler vs transformers `generate` (torch CPU), same weights.
 
 Model: the ~100M Qwen3 anchor config (vocab 151,936 tied, hidden 512, 8 layers, 8/4 heads, head_dim 64, mlp 1536;
-/work/shared/anchors/common_cfg.py). Shapes as the anchor peer measurement (b2_hf_generate.py): 64-token random
-prompts, 256 new tokens, greedy, no early stop; batch 1, 8, 32. tok/s = batch * 256 / wall of the whole call
-(prefill included), median of --repeats timed runs after one warm-up run (which compiles); the timed runs of
-transformers and storm_jax alternate, and the ratio of each pair is printed too.
+bench/peers/anchor.py). Shapes: 64-token random prompts, 256 new tokens, greedy, no early stop; batch 1, 8, 32.
+tok/s = batch * 256 / wall of the whole call (prefill included), median of --repeats timed runs after one warm-up
+run (which compiles); the timed runs of transformers and storm_jax alternate, and the ratio of each pair is printed too.
 
     .venv/bin/python bench/sampler.py [--batches 1,8,32] [--repeats 3] [--chunk 64] [--tunix-python PY]
 

@@ -1,11 +1,11 @@
 """Training throughput of the JAX SFT step vs PyTorch AdamW and tunix PeftTrainer steps on the ~100M anchor Qwen3.
 
   python bench/train_step.py [--steps 3] [--repeats 3] [--seq 512] [--batch 4] [--chunk 0] [--unfused]
-                             [--no-torch] [--remat none] [--tunix-python PY]
+                             [--no-torch] [--bf16] [--remat none] [--tunix-python PY]
 
 Peers, all fp32, AdamW(lr 1e-4, weight decay 0.01), random token ids, every position trained, same batch/seq:
-- jax: storm_jax's SFT step on storm_jax/configs/model_presets.py "qwen3-100m" (= anchors/common_cfg.py);
-- torch: transformers Qwen3ForCausalLM + torch.optim.AdamW (as /work/shared/anchors/b4a_torch_train.py);
+- jax: storm_jax's SFT step on storm_jax/configs/model_presets.py "qwen3-100m";
+- torch: transformers Qwen3ForCausalLM + torch.optim.AdamW;
 - tunix: google-tunix's PeftTrainer, full-parameter, optax.adamw (bench/peers/tunix_train_step.py), run in its own
   venv named by --tunix-python or STORM_TUNIX_PYTHON (without one the column is skipped):
 
@@ -41,21 +41,21 @@ ROOT = Path(__file__).resolve().parents[1]
 Timer = Callable[[], list[float]]  # times `steps` steps of a warmed-up peer; the wall time of each
 
 
-def jax_peer(
-    seq: int, batch: int, steps: int, remat: str, chunk: int, fused: bool = True
-) -> tuple[Timer, dict]:
-    """Builds storm_jax's SFT run once and takes the warm-up step; the timer re-times the same `steps` batches."""
+def build_jax_run(
+    seq: int, batch: int, n_batches: int, remat: str, chunk: int, fused: bool = True, dtype: str = "float32"
+):
+    """storm_jax's SFT run on the anchor preset (fp32 master weights; `dtype` the compute dtype), its initial
+    state and `n_batches` full-row batches on the device: (run, state, batches)."""
     import jax
 
     from storm_jax.config import base_config, validate
     from storm_jax.configs import model_presets
-    from storm_jax.train.metrics import count_params, train_flops_per_token
     from storm_jax.train.sft import SyntheticSFTIterator, build_run, initial_params, to_global
     from storm_jax.train.state import init_train_state
     from storm_jax.train.step import batch_sharding
 
     c = base_config()
-    model_presets.apply_preset(c, "qwen3-100m", dtype="float32", param_dtype="float32", remat=remat)
+    model_presets.apply_preset(c, "qwen3-100m", dtype=dtype, param_dtype="float32", remat=remat)
     c.data.source, c.data.seq_len, c.data.batch_size = "synthetic", seq, batch
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
     c.optim.lr, c.optim.weight_decay = 1e-4, 0.01
@@ -72,12 +72,24 @@ def jax_peer(
     sh = batch_sharding(run.mesh_rules)
     # Full rows (one document each), like the torch anchor: every position is trained.
     batches = []
-    for _ in range(steps + 1):
+    for _ in range(n_batches):
         b = next(it)
         b["segment_ids"][:] = 1
         b["positions"][:] = list(range(seq))
         b["loss_mask"][:] = 1
         batches.append(to_global(b, sh))
+    return run, state, batches
+
+
+def jax_peer(
+    seq: int, batch: int, steps: int, remat: str, chunk: int, fused: bool = True, dtype: str = "float32"
+) -> tuple[Timer, dict]:
+    """Builds storm_jax's SFT run once and takes the warm-up step; the timer re-times the same `steps` batches."""
+    import jax
+
+    from storm_jax.train.metrics import count_params, train_flops_per_token
+
+    run, state, batches = build_jax_run(seq, batch, steps + 1, remat, chunk, fused, dtype)
     t = time.perf_counter()
     state, m = run.train_step(state, batches[0])
     jax.block_until_ready(m)
@@ -185,6 +197,17 @@ def summarize(info: dict, rounds: list[list[float]], seq: int, batch: int) -> di
     return {**info, "step_s": med, "rounds_step_s": per_round, "tokens_per_s": batch * seq / med}
 
 
+def cpu_model() -> str:
+    """`lscpu`'s model name (the figures hold for this CPU only)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return "unknown"
+    return next(
+        (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3, help="timed steps per peer per round")
@@ -198,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unfused", action="store_true", help="with --chunk: recompute chunk logits in backward")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also a jax_bf16 column: bf16 compute, fp32 master weights and loss",
+    )
+    ap.add_argument(
         "--tunix-python", default=os.environ.get("STORM_TUNIX_PYTHON"), help="python of a tunix venv"
     )
     a = ap.parse_args(argv)
@@ -205,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     peers: dict[str, tuple[Timer, dict]] = {
         "jax": jax_peer(a.seq, a.batch, a.steps, a.remat, a.chunk, not a.unfused)
     }
+    if a.bf16:
+        peers["jax_bf16"] = jax_peer(a.seq, a.batch, a.steps, a.remat, a.chunk, not a.unfused, "bfloat16")
     if not a.no_torch:
         peers["torch"] = torch_peer(a.seq, a.batch, a.steps)
     tunix = None
@@ -242,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     j["peak_gflops_measured"] = peak / 1e9
     j["mfu_vs_measured_peak"] = j["tokens_per_s"] * j["flops_per_token"] / peak
     res["setup"] = {"seq": a.seq, "batch": a.batch, "steps": a.steps, "repeats": a.repeats, "chunk": a.chunk,
-                    "fused": not a.unfused, "remat": a.remat}  # fmt: skip
+                    "fused": not a.unfused, "remat": a.remat, "cpu": cpu_model()}  # fmt: skip
     for peer in ("torch", "tunix"):
         if peer in res:
             res[f"jax_over_{peer}_tokens_per_s"] = j["tokens_per_s"] / res[peer]["tokens_per_s"]
@@ -251,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                 p / q for p, q in zip(res[peer]["rounds_step_s"], j["rounds_step_s"])
             ]
     print(json.dumps(res, indent=2))
-    for name in ("jax", "torch", "tunix"):
+    if "jax_bf16" in res:
+        res["jax_bf16_over_jax_tokens_per_s"] = res["jax_bf16"]["tokens_per_s"] / j["tokens_per_s"]
+    for name in ("jax", "jax_bf16", "torch", "tunix"):
         if name in res:
             r = res[name]
             ratio = f"jax/{name} {j['tokens_per_s'] / r['tokens_per_s']:.2f}x" if name != "jax" else ""
