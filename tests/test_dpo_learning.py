@@ -124,12 +124,14 @@ def run_experiment(tmp: str, echo=lambda *a: None) -> dict:
     from storm_jax.train.dpo import train_dpo
     from storm_jax.train.sft import train_sft
 
-    cfg = load_config("storm_tiny", [f"workdir={tmp}", "train.progress=false"])
+    # One device, as the embedded default runs on a user's CPU (the suite's conftest fakes 8)
+    cfg = load_config("storm_tiny", [f"workdir={tmp}", "train.progress=false"], num_devices=1)
     g = cfg.grpo
     sft_cfg = copy.deepcopy(cfg)
     sft_cfg.unlock()
     sft_cfg.workdir, sft_cfg.recipe = os.path.join(tmp, "sft"), "sft"
-    sft = train_sft(sft_cfg, echo=echo)  # resumes (a no-op) when tmp already holds the finished run
+    # (resumes, a no-op, when tmp already holds the finished run)
+    sft = train_sft(sft_cfg, echo=echo, devices=jax.devices()[:1])
     p0, mc = sft["state"].params, sft["run"].model_cfg
     tok = config_tokenizer(cfg, mc.vocab_size)
     out: dict = {}

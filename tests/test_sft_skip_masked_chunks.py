@@ -28,6 +28,9 @@ def test_skip_masked_chunks_same_loss_and_grads():
         (loss, aux), g = jax.value_and_grad(lambda p, fn=fn: fn(p, batch, cfg), has_aux=True)(params)
         outs.append((loss, aux["sum_loss_tokens"], g))
     assert float(outs[0][1]) == float(outs[1][1]) == 20.0
-    np.testing.assert_allclose(float(outs[0][0]), float(outs[1][0]), rtol=1e-6)
+    # Equal, not close: both programs run the same trunk and the same ops on every chunk that has a loss token
+    # (the cond only replaces the others, whose masked contributions are exact zeros either way), and the chunk
+    # results are reduced in the same order.
+    assert float(outs[0][0]) == float(outs[1][0])
     for a, b in zip(jax.tree.leaves(outs[0][2]), jax.tree.leaves(outs[1][2])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
