@@ -26,7 +26,7 @@ import tempfile
 import time
 
 import numpy as np
-from peers.anchor import ANCHOR  # bench/ is sys.path[0] when run as a script
+from peers.anchor import ANCHOR, hf_qwen3_config  # bench/ is sys.path[0] when run as a script
 
 PROMPT, NEW = 64, 256
 
@@ -43,28 +43,13 @@ def main() -> int:
     import jax
     import torch
     import transformers
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     from storm_jax.models.hf import load_hf_checkpoint
     from storm_jax.sampling.sampler import EngineConfig, Request, Sampler, SamplingParams
 
     torch.manual_seed(0)
-    hcfg = Qwen3Config(
-        vocab_size=ANCHOR["vocab_size"],
-        hidden_size=ANCHOR["hidden_size"],
-        num_hidden_layers=ANCHOR["num_hidden_layers"],
-        num_attention_heads=ANCHOR["num_attention_heads"],
-        num_key_value_heads=ANCHOR["num_key_value_heads"],
-        head_dim=ANCHOR["head_dim"],
-        intermediate_size=ANCHOR["intermediate_size"],
-        rope_parameters={"rope_type": "default", "rope_theta": ANCHOR["rope_theta"]},
-        rms_norm_eps=ANCHOR["rms_norm_eps"],
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        pad_token_id=151643,
-    )
+    hcfg = hf_qwen3_config()
     model = Qwen3ForCausalLM(hcfg).eval()
     prompts = {
         B: torch.randint(0, 151643, (B, PROMPT), generator=torch.Generator().manual_seed(B)) for B in batches

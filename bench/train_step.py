@@ -34,10 +34,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from peers.anchor import ANCHOR  # bench/ is sys.path[0] when run as a script
+from peers.anchor import ANCHOR, hf_qwen3_config  # bench/ is sys.path[0] when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-# The storm_jax preset "qwen3-100m" in Hugging Face Qwen3Config field names (for the torch and tunix peers).
 Timer = Callable[[], list[float]]  # times `steps` steps of a warmed-up peer; the wall time of each
 
 
@@ -117,10 +116,10 @@ def jax_peer(
 def torch_peer(seq: int, batch: int, steps: int) -> tuple[Timer, dict]:
     """transformers Qwen3ForCausalLM + torch AdamW, built once, one warm-up step; fresh random ids every step."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen3Config(**ANCHOR, tie_word_embeddings=True, max_position_embeddings=4096)
+    cfg = hf_qwen3_config()
     model = Qwen3ForCausalLM(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     g = torch.Generator().manual_seed(0)

@@ -15,6 +15,9 @@ GFLOP from XLA's compiled cost analysis of that piece):
 Derived: backward = grad - loss; step overhead = step - grad - optimizer (what the fused step saves or costs
 against running its pieces apart). Pieces overlap (trunk is inside loss, loss inside grad), so the rows do not add
 up to the step; the derived rows are the differences that do.
+XLA's cost analysis counts the body of a lax.scan once, not once per layer: the GFLOP (and so GFLOP/s) of the
+pieces that run the scanned layers (trunk, loss, grad, step) are under-counted by about the layer count; their
+wall times are what the breakdown uses.
 """
 
 from __future__ import annotations

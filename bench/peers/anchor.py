@@ -19,6 +19,25 @@ ANCHOR = dict(
 )
 
 
+def hf_qwen3_config(**kw: Any) -> Any:
+    """transformers' Qwen3Config of the anchor (tied embeddings, Qwen3's special-token ids), extra fields from kw.
+
+    rope_theta goes in as rope_parameters, the form transformers 5 reads."""
+    from transformers import Qwen3Config
+
+    fields = {k: v for k, v in ANCHOR.items() if k != "rope_theta"}
+    return Qwen3Config(
+        **fields,
+        rope_parameters={"rope_type": "default", "rope_theta": ANCHOR["rope_theta"]},
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+        **kw,
+    )
+
+
 def tunix_qwen3_config(c: dict, **kw: Any) -> Any:
     """tunix's Qwen3 ModelConfig for HF config fields `c` (tied embeddings), extra fields from kw."""
     from tunix.models.qwen3 import model as qwen3_model

@@ -47,10 +47,9 @@ def vocab_logits_t(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
         w = params["lm_head_vd"]
     else:
         return jnp.einsum("bd,dv->bv", h, params["lm_head"].astype(dt), preferred_element_type=jnp.float32).T
-    if h.shape[0] > 1 and dt == jnp.float32 and w.dtype == jnp.float32 and jax.default_backend() == "cpu":
-        # The same products and sums as the einsum (bit-identical here), but XLA:CPU hands a multiply-reduce to a
-        # different library kernel: ~7 % faster per decode step at batch 8 and 32 (at batch 1 ~100x slower).
-        return jnp.sum(w[:, None, :] * h[None, :, :].astype(jnp.float32), axis=-1)
+    # One form on every backend. An fp32 multiply-reduce (bit-identical on CPU) was once chosen on CPU for B > 1
+    # after one AMD host measured it ~7 % faster; measured again it loses at B 8 on an Intel Xeon (0.94x) and at
+    # B 8 / 32 on another AMD EPYC (0.88x / 0.90x): no rule picks it on both, so the einsum stays.
     return jnp.einsum("vd,bd->vb", w.astype(dt), h, preferred_element_type=jnp.float32)
 
 
