@@ -212,6 +212,65 @@ def test_truncated_sampling_distribution_chi_square(temperature, top_k, top_p, m
     assert p_plain < 1e-6
 
 
+def _kept_ties_np(x, top_k, top_p, min_p):
+    """Brute-force support rule with ties (float64): x_j is kept when fewer than k entries are above it,
+    when the top-k distribution's mass strictly above it is below p, and when p_j >= min_p * p_max."""
+    x = np.asarray(x, np.float64)
+    above = x[None, :] > x[:, None]  # above[j, i]: x_i > x_j
+    keep = np.ones(x.shape, bool)
+    if top_k > 0:
+        keep &= above.sum(1) < top_k
+    q = np.where(keep, np.exp(x - x.max()), 0.0)
+    q /= q.sum()
+    if top_p < 1:
+        keep &= (above * q[None, :]).sum(1) < top_p
+    if min_p > 0:
+        p = np.exp(x - x.max())
+        keep &= p >= min_p * p.max()
+    return keep
+
+
+# (temperature, top_k, top_p, min_p) per row of one batch: every rule alone, combined, and untouched rows
+_ROWS = [(1.0, 0, 1.0, 0.0), (0.7, 0, 0.9, 0.0), (1.0, 40, 1.0, 0.0), (1.3, 25, 0.8, 0.0), (1.0, 0, 0.95, 0.05),
+         (0.0, 0, 1.0, 0.0), (1.0, 1, 0.5, 0.0), (2.0, 300, 0.3, 0.0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_truncation_support_per_row_equals_numpy(ties):
+    """processed_logprobs on a mixed batch (per-row temperature, top-k, top-p, min-p): the kept support of every
+    row is exactly the numpy reference's, and the renormalised log-probs agree on it. Distinct logits are checked
+    against the sorted-prefix reference (_processed_np); logits rounded to one decimal (large tie groups at
+    every threshold) against the brute-force rule with ties (_kept_ties_np)."""
+    V = 400
+    rng = np.random.default_rng(5)
+    logits = (rng.normal(size=(len(_ROWS), V)) * 2.0).astype(np.float32)
+    if ties:
+        logits = np.round(logits, 1).astype(np.float32)
+    T, K, P, M = (np.asarray(c) for c in zip(*_ROWS))
+    got = np.asarray(
+        S.processed_logprobs(
+            jnp.asarray(logits),
+            jnp.asarray(T, jnp.float32),
+            jnp.asarray(K, jnp.int32),
+            jnp.asarray(P, jnp.float32),
+            jnp.asarray(M, jnp.float32),
+        )
+    )
+    for r, (t, k, p, m) in enumerate(_ROWS):
+        x = logits[r] / (t if t > 0 else 1.0)
+        if ties:
+            keep = _kept_ties_np(x, k, p, m)
+        else:
+            keep = _processed_np(logits[r], t if t > 0 else 1.0, k, p, m) > 0
+        assert np.array_equal(np.isfinite(got[r]), keep), (r, np.isfinite(got[r]).sum(), keep.sum())
+        q = np.exp(x[keep] - x[keep].max())
+        want = np.log(q / q.sum())
+        # log of a renormalised softmax over V entries: max, sum, renormalising sum (tests/tolerances.py)
+        np.testing.assert_allclose(got[r][keep], want, atol=2 * reorder_atol(x, 3 * V))
+        if (k, p, m) != (0, 1.0, 0.0):
+            assert keep.sum() < V, r  # this row's rule removed something (else it would test nothing)
+
+
 @pytest.mark.parametrize("unstack", [True, False])
 def test_untied_head_and_layouts_match_teacher_forcing(unstack):
     """Untied vocabulary projection (the sampler's [V, D] copy) and both layer layouts: greedy tokens are the

@@ -1,7 +1,9 @@
 """Sampling math: the truncated distribution, a CPU-friendly argmax / log-sum-exp, and one sampling step.
 
 Pure jittable functions over fp32 logits; the engine calls them inside its decode loop and tests check them
-on their own (tests/test_sampler.py).
+on their own (tests/test_sampler.py). The top-k / top-p thresholds are found by bisection over the float32
+order rather than by sorting the vocabulary: the same kept set (ties included), at ~1/18 of the cost of a
+[32, 151936] sort on XLA:CPU, where the sort cost more than the whole 100M model's decode step.
 """
 
 from __future__ import annotations
@@ -14,11 +16,49 @@ import jax.numpy as jnp
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _ordered_key(x):
+    """int32 keys of float32 values with the same order (-0.0 and 0.0 adjacent): bisection runs on these."""
+    b = jax.lax.bitcast_convert_type(x, jnp.int32)
+    return jnp.where(b < 0, b ^ jnp.int32(0x7FFFFFFF), b)
+
+
+def _key_value(k):
+    """Inverse of `_ordered_key`."""
+    b = jnp.where(k < 0, k ^ jnp.int32(0x7FFFFFFF), k)
+    return jax.lax.bitcast_convert_type(b, jnp.float32)
+
+
+def _lowest_kept(x, above_ok):
+    """Per row of x [B, V] (finite): the smallest threshold t such that `above_ok(t)` holds, where
+    `above_ok(t)` [B] is a property of the entries strictly above t that holds at the row maximum and, going
+    down, stays false once false (a count or a mass above t only grows). Keeping `x >= t` then keeps exactly
+    the entries x_j for which `above_ok(x_j)` holds, ties included.
+
+    A bisection over the float32 order (at most 32 passes over the row, each a fused compare-and-reduce)
+    instead of sorting the row: on XLA:CPU a [32, 151936] sort takes ~0.9 s, the bisection ~50 ms.
+    """
+    lo = _ordered_key(jnp.min(x, axis=-1))
+    hi = _ordered_key(jnp.max(x, axis=-1))  # above_ok(max) holds: the answer lies in [lo, hi]
+
+    def cond(c):
+        return jnp.any(c[0] < c[1])
+
+    def body(c):
+        lo, hi = c
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without int32 overflow
+        ok = above_ok(_key_value(mid)[:, None])
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    lo, _ = jax.lax.while_loop(cond, body, (lo, hi))
+    return _key_value(lo)[:, None]
+
+
 def processed_logprobs(logits, temperature, top_k, top_p, min_p):
     """Log-probs [B, V] of the distribution sampled from: logits/T, then top-k, top-p, min-p, renormalised.
 
-    Greedy rows (T <= 0) get the T=1 distribution here (the caller takes the argmax). Ties at a truncation
-    threshold are all kept.
+    Greedy rows (T <= 0) get the T=1 distribution here (the caller takes the argmax). Top-k keeps x_j when
+    fewer than k entries are above it; top-p (on the top-k distribution) keeps x_j when the mass strictly
+    above it is below p; so ties at a truncation threshold are all kept.
     """
     logits = logits.astype(jnp.float32)
     V = logits.shape[-1]
@@ -27,16 +67,20 @@ def processed_logprobs(logits, temperature, top_k, top_p, min_p):
     need = jnp.any((top_k > 0) | (top_p < 1.0) | (min_p > 0.0))
 
     def truncate(x):
-        srt = -jnp.sort(-x, axis=-1)  # descending
         k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
-        kth = jnp.take_along_axis(srt, (k - 1)[:, None], axis=-1)  # [B,1]
-        srt_k = jnp.where(jnp.arange(V)[None, :] < k[:, None], srt, -jnp.inf)
-        p = jax.nn.softmax(srt_k, axis=-1)
-        before = jnp.cumsum(p, axis=-1) - p  # mass strictly above each sorted entry
-        n_keep = jnp.maximum(jnp.sum(before < top_p[:, None], axis=-1), 1)
-        pth = jnp.take_along_axis(srt, (n_keep - 1)[:, None], axis=-1)
+
+        def kth_value(x):
+            return _lowest_kept(x, lambda t: jnp.sum(x > t, axis=-1) < k)
+
+        no_k = jnp.full((x.shape[0], 1), -jnp.inf, x.dtype)
+        kth = jax.lax.cond(jnp.any(top_k > 0), kth_value, lambda x: no_k, x)
+        p = jax.nn.softmax(jnp.where(x >= kth, x, -jnp.inf), axis=-1)  # the top-k distribution
+        pth = _lowest_kept(x, lambda t: jnp.sum(jnp.where(x > t, p, 0.0), axis=-1) < top_p)
+        # top_p = 1 keeps everything (a mass summing to 1 + rounding must not drop the smallest entry)
+        pth = jnp.where((top_p < 1.0)[:, None], pth, -jnp.inf)
         # min-p: keep p >= min_p * p_max  <=>  x >= x_max + log(min_p)
-        mth = jnp.where(min_p > 0, srt[:, 0] + jnp.log(jnp.maximum(min_p, 1e-30)), -jnp.inf)[:, None]
+        x_max = jnp.max(x, axis=-1)
+        mth = jnp.where(min_p > 0, x_max + jnp.log(jnp.maximum(min_p, 1e-30)), -jnp.inf)[:, None]
         thresh = jnp.maximum(jnp.maximum(kth, pth), mth)
         return jnp.where(x >= thresh, x, -jnp.inf)
 

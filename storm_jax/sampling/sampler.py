@@ -146,10 +146,15 @@ class Sampler:
             for p in now:
                 b = next(b for b in eng.buckets() if b >= len(p[1]))
                 by_bucket.setdefault(b, []).append(p)
+            cap = _pow2_at_least(eng.num_slots, eng.max_prefill_batch)
             for b, group in sorted(by_bucket.items()):
                 for i in range(0, len(group), eng.max_prefill_batch):
                     part = group[i : i + eng.max_prefill_batch]
-                    P = _pow2_at_least(len(part), eng.max_prefill_batch)
+                    # Short pieces (tool outputs, hints) come back a few at a time, in varying numbers: each
+                    # row count would be one more compile. Where the full batch holds no more positions than
+                    # one decode chunk, it is always padded to the full batch (one executable per bucket).
+                    full = b * cap <= eng.num_slots * eng.chunk_size
+                    P = cap if full else _pow2_at_least(len(part), eng.max_prefill_batch)
                     slot_idx = np.full(P, eng.num_slots, np.int32)
                     toks = np.zeros((P, b), np.int32)
                     n = np.zeros(P, np.int32)
