@@ -8,8 +8,10 @@ breakdown comes from the metrics the trainer writes (`time_decode_s`, `time_pref
 
 Then the rollout against the plain sampler: the step's problems are rolled out once more with the code
 interpreter (`rollout`), and the same prompts are decoded by the plain `Sampler` without tools and without
-stops, each to exactly its rollout's response length, on the same engine config. Printed: response tokens
-per second of both and their ratio (the goal in issue 20: >= 0.8).
+stops, each to exactly its rollout's response length, with the same sampling parameters and engine config.
+A third rollout gets every program's result back at once (replayed from the first run), which separates the
+tool scheduling (pause, output prefill, resume) from the programs' own CPU. Printed: response tokens per
+second of all three and the ratios (the goal in issue 20: rollout / plain >= 0.8).
 
     .venv/bin/python bench/grpo_step.py [--model tiny|100m] [--steps 2] [--repeats 2]
 
@@ -55,6 +57,10 @@ def _config(model: str, workdir: str, steps: int):
     elif model != "tiny":
         raise SystemExit(f"--model must be tiny or 100m, got {model!r}")
     cfg.grpo.steps = steps
+    # An untrained policy's groups all score 0; the recipe drops zero-variance groups and skips an update with
+    # no row left. The bench keeps them, so that every step's breakdown holds the log-probs and the update (their
+    # cost does not depend on the advantages' values).
+    cfg.grpo.drop_zero_variance = False
     cfg.checkpoint.save_every = 10**6  # the final step still saves (the loop forces it)
     return cfg
 
@@ -110,7 +116,9 @@ def _rollout_vs_plain(cfg, tokenizer, pool, repeats: int, forced_code: bool, par
     ]
     sampler = Sampler(params, model_cfg, engine_config(g))
     replay = _Replay(pool)
-    trajs = rollout(params, model_cfg, tokenizer, reqs, rcfg, replay, sampler=sampler)  # warm-up: compiles
+    # warm-up, once each way: the order in which results come back decides the prefill and window shapes met
+    rollout(params, model_cfg, tokenizer, reqs, rcfg, replay, sampler=sampler)
+    rollout(params, model_cfg, tokenizer, reqs, rcfg, pool, sampler=sampler)
     plain = Sampler(params, model_cfg, engine_config(g))
     t_roll, t_replay, t_plain = [], [], []
     for _ in range(repeats):
@@ -210,12 +218,15 @@ def main() -> int:
             rows = [json.loads(x) for x in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
             rows = [r for r in rows if "time_rollout_s" in r]
             print(f"GRPO: {len(rows)} steps in {wall:.1f} s (the first compiles)")
-            print("step  " + "  ".join(f"{k[5:-2]:>9s}" for k in BREAKDOWN) + "  tok/s(decode)")
+            # groups drawn: dynamic sampling draws more problems while groups have one reward (an untrained
+            # policy's all score 0), so a step can roll out more than problems_per_step groups
+            print("step  " + "  ".join(f"{k[5:-2]:>9s}" for k in BREAKDOWN) + "  tok/s(decode)  groups drawn")
             for r in rows:
                 print(
                     f"{int(r.get('step', 0)):4d}  "
                     + "  ".join(f"{r.get(k, float('nan')):9.2f}" for k in BREAKDOWN)
-                    + f"  {r.get('rollout_tokens_per_s', float('nan')):9.1f}"
+                    + f"  {r.get('rollout_tokens_per_s', float('nan')):13.1f}"
+                    + f"  {int(r.get('groups_drawn', 0)):12d}"
                 )
             cmp = _rollout_vs_plain(cfg, tokenizer, pool, args.repeats, args.forced_code, params)
     n = cmp["response_tokens"]
